@@ -1,0 +1,100 @@
+"""Every setting of a run in one place, with the workshop's values as defaults.
+
+Any of them can be changed on the command line, e.g.
+    python train.py --num_train_epochs 1 --train_samples 100
+(`python train.py --help` lists them all: these and every HF TrainingArguments option).
+"""
+import json
+import sys
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import torch
+from transformers import HfArgumentParser, TrainingArguments
+
+
+@dataclass
+class WorkshopArguments:
+    model_name_or_path: str = "bigscience/bloom-560m"  # hub id or a local folder
+    random_weights: bool = False  # the architecture only (speed/memory runs without the weights)
+    dataset_name_or_path: str = "squad"  # hub id, or a folder with train/validation JSON(L)
+    train_samples: int = 500  # the first rows of each split: small enough for a workshop hour
+    eval_samples: int = 50
+    max_length: int = 512  # BLOOM's prompts here average ~220 tokens; longer ones are cut
+    pad_to_max_length: bool = True  # every sequence padded to max_length, as the workshop does
+
+
+# The workshop's training settings (TrainingArguments' own defaults for the rest).
+TRAINING_DEFAULTS = dict(
+    output_dir="./bloom-qa-finetuned",
+    eval_strategy="epoch",
+    save_strategy="epoch",
+    per_device_train_batch_size=4,
+    per_device_eval_batch_size=4,
+    gradient_accumulation_steps=4,  # 4 x 4 = 16 sequences per optimizer step on each GPU
+    num_train_epochs=3,
+    learning_rate=5e-5,
+    weight_decay=0.01,
+    fp16=True,  # turned off on machines without a CUDA GPU (see parse_args)
+    gradient_checkpointing=False,
+    push_to_hub=False,
+    logging_steps=1,  # every optimizer step: exact per-epoch train loss, full loss curves
+    report_to="none",
+    seed=42,
+    deepspeed=None,  # the DeepSpeed stages name their JSON config here
+)
+KNOWN_ZERO_STAGES = (0, 1, 2, 3)
+
+
+def check_deepspeed_config(path):
+    """Refuse a DeepSpeed config that is missing, not JSON or names an unknown ZeRO stage."""
+    if not Path(path).is_file():
+        raise ValueError(f"DeepSpeed config {path} does not exist")
+    try:
+        config = json.loads(Path(path).read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"DeepSpeed config {path} is not valid JSON ({e})") from None
+    stage = config.get("zero_optimization", {}).get("stage", 0)
+    if stage not in KNOWN_ZERO_STAGES:
+        raise ValueError(f"DeepSpeed config {path}: zero_optimization.stage is {stage!r}; "
+                         f"ZeRO stages are {', '.join(map(str, KNOWN_ZERO_STAGES))}")
+
+
+def check_device(asked):
+    """Adapt a run to a machine without a CUDA GPU; refuse fp16 on a GPU without fp16."""
+    if not torch.cuda.is_available():
+        if asked.fp16:
+            print("notice: no CUDA GPU, so fp16 is off and this run trains in fp32", file=sys.stderr)
+            asked.fp16 = False
+        if asked.deepspeed:
+            # Without a GPU, accelerate counts the ranks only in its CPU mode, and DeepSpeed's
+            # CPU accelerator would ask for oneCCL: start its process group on gloo instead.
+            import deepspeed  # here, so that the baseline runs without it
+            asked.use_cpu = True
+            deepspeed.init_distributed(dist_backend="gloo")
+    elif asked.fp16 and torch.cuda.get_device_capability() < (6, 0):
+        raise ValueError(f"fp16 needs a GPU of compute capability 6.0 or newer; "
+                         f"{torch.cuda.get_device_name()} has "
+                         f"{'.'.join(map(str, torch.cuda.get_device_capability()))}")
+
+
+def parse_args(argv=None):
+    """(WorkshopArguments, TrainingArguments) from the defaults above and the command line."""
+    parser = HfArgumentParser((WorkshopArguments, TrainingArguments))
+    parser.set_defaults(**TRAINING_DEFAULTS)
+    asked = parser.parse_args(argv)
+    argv_given = sys.argv[1:] if argv is None else argv
+    if asked.bf16 and not any(a.split("=")[0] == "--fp16" for a in argv_given):
+        asked.fp16 = False  # asking for bf16 replaces the default fp16
+    if asked.deepspeed:
+        check_deepspeed_config(asked.deepspeed)
+    check_device(asked)
+    workshop_args, training_args = (
+        cls(**{f.name: getattr(asked, f.name) for f in fields(cls) if f.init})
+        for cls in (WorkshopArguments, TrainingArguments))
+    ds_config = getattr(training_args, "hf_deepspeed_config", None)  # HF fills in "auto" here
+    if ds_config and ds_config.mismatches:
+        raise ValueError(f"DeepSpeed config {asked.deepspeed} contradicts the Trainer: "
+                         + "; ".join(m.lstrip("- ") for m in ds_config.mismatches)
+                         + ' (set those keys to "auto" or to the same values)')
+    return workshop_args, training_args

@@ -1,0 +1,206 @@
+"""Fine-tune BLOOM on SQuAD with the HF Trainer; with DeepSpeed when a config is named.
+
+    python train.py                                  # the workshop's settings (config.py)
+    deepspeed --num_gpus 1 train.py --deepspeed ds_zero2.json
+
+Writes checkpoints, the final model and `run_metrics.json` (what the workshop's tables
+need) to --output_dir, and resumes from the newest complete checkpoint found there.
+"""
+import json
+import os
+import resource
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from transformers import (AutoConfig, DataCollatorForSeq2Seq, Trainer, TrainerCallback,
+                          default_data_collator)
+
+from config import parse_args
+from data_loader import build_datasets
+from model import load_model, save_model
+
+METRICS_FILE = "run_metrics.json"
+# Architecture keys that must match for a checkpoint to belong to this model.
+ARCHITECTURE_KEYS = ("model_type", "vocab_size", "hidden_size", "n_layer", "n_head")
+
+
+class StepTimer(TrainerCallback):
+    """Time spent in optimizer steps only (no evaluation, no checkpoint saving, no first step).
+
+    The Trainer's train_samples_per_second divides by the whole run, evaluation, saving and
+    start-up included; this is the speed of training itself, for comparing configurations.
+    """
+
+    def __init__(self):
+        self.seconds, self.steps = 0.0, 0
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self.started = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        if state.global_step > 1:  # the first step pays for start-up (allocations, kernels)
+            self.seconds += time.perf_counter() - self.started
+            self.steps += 1
+
+
+def newest_complete_checkpoint(output_dir, model_config):
+    """The newest checkpoint-N in output_dir that was completely written, or None.
+
+    The Trainer writes trainer_state.json last, so a checkpoint without it was cut off
+    (time limit, preemption): it is skipped, never deleted.
+    """
+    folders = sorted(Path(output_dir).glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    for folder in reversed(folders):
+        if not (folder / "trainer_state.json").is_file():
+            print(f"skipping incomplete checkpoint {folder}")
+            continue
+        theirs = AutoConfig.from_pretrained(folder).to_dict()
+        ours = model_config.to_dict()
+        if any(theirs.get(k) != ours.get(k) for k in ARCHITECTURE_KEYS):
+            raise ValueError(f"{folder} holds a checkpoint of another model "
+                             f"({', '.join(f'{k}={theirs.get(k)}' for k in ARCHITECTURE_KEYS)}); "
+                             f"choose another --output_dir")
+        return str(folder)
+    return None
+
+
+def epoch_table(log_history):
+    """Per-epoch train loss, eval loss and steps from the Trainer's log history.
+
+    Each epoch's evaluation is logged at the epoch's last step; the train loss of an epoch is
+    the mean of the losses logged at every step since the previous evaluation.
+    """
+    step_losses = {e["step"]: e["loss"] for e in log_history if "loss" in e}
+    evaluations = [e for e in log_history if "eval_loss" in e]
+    epochs, previous_step = [], 0
+    for e in evaluations:
+        losses = [loss for step, loss in step_losses.items() if previous_step < step <= e["step"]]
+        epochs.append(dict(epoch=round(e["epoch"]), step=e["step"], steps=e["step"] - previous_step,
+                           train_loss=sum(losses) / len(losses) if losses else None,
+                           eval_loss=e["eval_loss"],
+                           eval_samples_per_second=e.get("eval_samples_per_second")))
+        previous_step = e["step"]
+    return epochs
+
+
+def gather(value):
+    """value from every rank, as a list (rank order); [value] without a process group."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return [value]
+    values = [None] * dist.get_world_size()
+    dist.all_gather_object(values, value)
+    return values
+
+
+def zero_settings(training_args):
+    """(ZeRO stage, optimizer offload device, parameter offload device), or Nones."""
+    if not training_args.deepspeed:
+        return None, None, None
+    zero = training_args.hf_deepspeed_config.config.get("zero_optimization", {})
+    return (zero.get("stage", 0), zero.get("offload_optimizer", {}).get("device"),
+            zero.get("offload_param", {}).get("device"))
+
+
+def run_metrics(args, training_args, trainer, timer, train_output, started):
+    """Everything the workshop's tables need, in one JSON-able dict.
+
+    Per-rank values are gathered from every rank only after a successful run: after a
+    failure the other ranks may be gone, and a collective would hang.
+    """
+    per_rank = gather if train_output else (lambda value: [value])
+    stage, offload_optimizer, offload_param = zero_settings(training_args)
+    samples_per_step = (training_args.per_device_train_batch_size
+                        * training_args.gradient_accumulation_steps * training_args.world_size)
+    peak_gpu = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
+    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    epochs = epoch_table(trainer.state.log_history)
+    train = train_output.metrics if train_output else {}
+    return dict(
+        complete=train_output is not None,
+        stage=Path(__file__).resolve().parent.name,
+        model=args.model_name_or_path, random_weights=args.random_weights,
+        dataset=args.dataset_name_or_path,
+        train_samples=args.train_samples, eval_samples=args.eval_samples,
+        max_length=args.max_length, pad_to_max_length=args.pad_to_max_length,
+        precision="bf16" if training_args.bf16 else "fp16" if training_args.fp16 else "fp32",
+        per_device_train_batch_size=training_args.per_device_train_batch_size,
+        gradient_accumulation_steps=training_args.gradient_accumulation_steps,
+        world_size=training_args.world_size,
+        nodes=int(os.environ.get("SLURM_NNODES", 1)),
+        deepspeed_config=training_args.deepspeed, zero_stage=stage,
+        offload_optimizer=offload_optimizer, offload_param=offload_param,
+        epochs=epochs,
+        steps_per_epoch=epochs[0]["steps"] if epochs else None,
+        global_step=trainer.state.global_step,
+        train_loss=train.get("train_loss"),
+        train_runtime=train.get("train_runtime"),
+        train_samples_per_second=train.get("train_samples_per_second"),
+        steady_train_samples_per_second=(timer.steps * samples_per_step / timer.seconds
+                                         if timer.seconds else None),
+        eval_samples_per_second=(sum(e["eval_samples_per_second"] for e in epochs) / len(epochs)
+                                 if epochs else None),
+        peak_gpu_memory_allocated_mib=per_rank(peak_gpu),  # per rank
+        peak_host_rss_mib=per_rank(peak_rss),  # per rank
+        wall_seconds=time.time() - started,
+        slurm_job_id=os.environ.get("SLURM_JOB_ID"),
+    )
+
+
+def build_trainer(args, training_args):
+    """The Trainer and its step timer, and the checkpoint to resume from (or None)."""
+    model, tokenizer = load_model(args.model_name_or_path, args.random_weights)
+    train_dataset, eval_dataset = build_datasets(args, tokenizer)
+    resume_from = (newest_complete_checkpoint(training_args.output_dir, model.config)
+                   if Path(training_args.output_dir).is_dir() else None)
+    collator = (default_data_collator if args.pad_to_max_length
+                else DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100, pad_to_multiple_of=8))
+    timer = StepTimer()
+    trainer = Trainer(model=model, args=training_args, train_dataset=train_dataset,
+                      eval_dataset=eval_dataset, processing_class=tokenizer,
+                      data_collator=collator, callbacks=[timer])
+    return trainer, timer, resume_from
+
+
+def train(args, training_args, trainer, timer, resume_from):
+    """Train, save the model, and write the metrics file (also when training fails)."""
+    started = time.time()
+    if resume_from:
+        print(f"resuming from {resume_from} (step {int(resume_from.rsplit('-', 1)[1])})")
+    train_output = None
+    try:
+        train_output = trainer.train(resume_from_checkpoint=resume_from)
+        save_model(trainer, training_args.output_dir)
+    finally:  # a failed run still leaves its metrics, marked incomplete
+        metrics = run_metrics(args, training_args, trainer, timer, train_output, started)
+        if trainer.is_world_process_zero():
+            path = Path(training_args.output_dir) / METRICS_FILE
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(metrics, indent=2) + "\n")
+            print(f"metrics: {path}")
+    if trainer.is_world_process_zero():
+        for e in metrics["epochs"]:
+            print(f"epoch {e['epoch']}: train_loss {e['train_loss']:.4f} "
+                  f"eval_loss {e['eval_loss']:.4f}")
+
+
+def main(argv=None):
+    try:
+        args, training_args = parse_args(argv)
+        trainer, timer, resume_from = build_trainer(args, training_args)
+    except (ValueError, OSError) as e:  # bad input: one line, before any GPU time is spent
+        sys.exit(f"error: {e}")
+    train(args, training_args, trainer, timer, resume_from)
+    # Ending the process group explicitly avoids a crash at exit with ZeRO-3 offload at
+    # 2 ranks ("terminate called without an active exception") after training succeeded.
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,105 @@
+"""SQuAD rows -> `Question: ... Context: ... Answer: ...` texts, tokenized for causal-LM training.
+
+The data can be the hub's `squad` (the default), or a local folder holding a train and
+a validation file: JSON lines or a JSON list in the hub's row format, or the original
+nested SQuAD JSON (`train-v1.1.json`, `dev-v1.1.json`).
+"""
+import json
+from pathlib import Path
+
+from datasets import Dataset, load_dataset
+
+# Local file names tried for each split, in order.
+SPLIT_FILES = {"train": ["train.jsonl", "train.json", "train-v1.1.json"],
+               "validation": ["validation.jsonl", "validation.json", "dev-v1.1.json"]}
+
+
+def prompt(row):
+    """What the model sees before it answers; generation starts from here too."""
+    return f"Question: {row['question']} Context: {row['context']} Answer:"
+
+
+def read_rows(path):
+    """Rows of a local SQuAD file in any of the three layouts."""
+    text = path.read_text(encoding="utf-8")
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError:
+        try:  # JSON lines: one row per line
+            return [json.loads(line) for line in text.splitlines() if line.strip()]
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path} is not JSON or JSON lines ({e})") from None
+    if isinstance(data, dict) and "data" in data:  # original nested SQuAD: articles > paragraphs > qas
+        return [dict(id=qa["id"], title=article.get("title", ""), context=paragraph["context"],
+                     question=qa["question"],
+                     answers=dict(text=[a["text"] for a in qa["answers"]],
+                                  answer_start=[a["answer_start"] for a in qa["answers"]]))
+                for article in data["data"] for paragraph in article["paragraphs"]
+                for qa in paragraph["qas"]]
+    if isinstance(data, dict):
+        data = [data]
+    return data
+
+
+def check_rows(rows, source):
+    """Every row needs a question, a context and at least one non-empty answer."""
+    for i, row in enumerate(rows, start=1):
+        if not isinstance(row, dict):
+            raise ValueError(f"{source}: row {i} is not a JSON object; is this a SQuAD file?")
+        for key in ("question", "context", "answers"):
+            if key not in row:
+                raise ValueError(f"{source}: row {i} has no '{key}'; is this a SQuAD file?")
+        answers = row["answers"].get("text") if isinstance(row["answers"], dict) else None
+        if not answers or not all(isinstance(a, str) and a.strip() for a in answers):
+            raise ValueError(f"{source}: row {i} has no answer text")
+
+
+def load_split(name_or_path, split, n_rows):
+    """The first n_rows of a split, checked."""
+    folder = Path(name_or_path).expanduser()
+    if folder.is_dir():
+        files = [folder / f for f in SPLIT_FILES[split] if (folder / f).is_file()]
+        if not files:
+            raise ValueError(f"{folder} has no {split} file (looked for {', '.join(SPLIT_FILES[split])})")
+        source, rows = files[0], read_rows(files[0])
+    elif name_or_path.startswith((".", "/", "~")) or folder.suffix in (".json", ".jsonl"):
+        raise ValueError(f"dataset folder {name_or_path} does not exist")
+    else:
+        source = f"{name_or_path}[{split}]"
+        rows = load_dataset(name_or_path, split=split)
+    if n_rows > len(rows):
+        raise ValueError(f"asked for {n_rows} {split} rows but {source} has only {len(rows)}")
+    rows = [rows[i] for i in range(n_rows)]
+    check_rows(rows, source)
+    return rows
+
+
+def tokenize(rows, tokenizer, max_length, pad_to_max_length):
+    """Input ids, attention mask and labels for each row; returns (Dataset, n_truncated).
+
+    Labels are the input ids (the model learns to continue the text) with padding set to
+    -100, the index the loss ignores: otherwise the model is also trained to predict pad
+    after pad, which dilutes the loss with easy tokens and teaches nothing.
+    """
+    texts = [f"{prompt(row)} {row['answers']['text'][0]}{tokenizer.eos_token}" for row in rows]
+    ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    n_truncated = sum(len(x) > max_length for x in ids)
+    batch = tokenizer.pad({"input_ids": [x[:max_length] for x in ids]},
+                          padding="max_length" if pad_to_max_length else False,
+                          max_length=max_length)
+    batch["labels"] = [[t if m else -100 for t, m in zip(ids_, mask)]
+                       for ids_, mask in zip(batch["input_ids"], batch["attention_mask"])]
+    return Dataset.from_dict(dict(batch)), n_truncated
+
+
+def build_datasets(args, tokenizer):
+    """Train and eval datasets for the Trainer."""
+    datasets = {}
+    for split, n_rows in (("train", args.train_samples), ("validation", args.eval_samples)):
+        rows = load_split(args.dataset_name_or_path, split, n_rows)
+        datasets[split], n_truncated = tokenize(rows, tokenizer, args.max_length,
+                                                args.pad_to_max_length)
+        if n_truncated:
+            print(f"{split}: {n_truncated} of {n_rows} examples are longer than "
+                  f"{args.max_length} tokens and were truncated")
+    return datasets["train"], datasets["validation"]
