@@ -20,6 +20,7 @@ from transformers import (AutoConfig, DataCollatorForSeq2Seq, Trainer, TrainerCa
 
 from config import parse_args
 from data_loader import build_datasets
+from fast_path import enable_fast_path
 from model import load_model, save_model
 
 METRICS_FILE = "run_metrics.json"
@@ -127,6 +128,7 @@ def run_metrics(args, training_args, trainer, timer, train_output, started):
         dataset=args.dataset_name_or_path,
         train_samples=args.train_samples, eval_samples=args.eval_samples,
         max_length=args.max_length, pad_to_max_length=args.pad_to_max_length,
+        fast_path=args.fast_path,
         precision="bf16" if training_args.bf16 else "fp16" if training_args.fp16 else "fp32",
         per_device_train_batch_size=training_args.per_device_train_batch_size,
         gradient_accumulation_steps=training_args.gradient_accumulation_steps,
@@ -154,6 +156,8 @@ def run_metrics(args, training_args, trainer, timer, train_output, started):
 def build_trainer(args, training_args):
     """The Trainer and its step timer, and the checkpoint to resume from (or None)."""
     model, tokenizer = load_model(args.model_name_or_path, args.random_weights)
+    if args.fast_path:
+        enable_fast_path(model)
     train_dataset, eval_dataset = build_datasets(args, tokenizer)
     resume_from = (newest_complete_checkpoint(training_args.output_dir, model.config)
                    if Path(training_args.output_dir).is_dir() else None)

@@ -1,0 +1,138 @@
+"""A faster training path for BLOOM: SDPA attention and a chunked language-model loss.
+
+Both compute what the stock eager model computes (tests/test_fast_path.py checks it); they
+change which tensors are materialised, not the result:
+
+* Attention. Stock BLOOM writes the (batch, heads, q, k) scores with baddbmm, adds the mask,
+  softmaxes them in fp32 and keeps the fp32 and the 16-bit probabilities for the backward.
+  `F.scaled_dot_product_attention` takes ALiBi + mask as one additive bias and runs a fused
+  kernel that never writes scores or probabilities to memory: it keeps only the bias (in the
+  query's dtype) for the backward.
+* Loss. Stock projects every position, padding included, onto the 250,880-token vocabulary
+  and upcasts those logits to fp32: the largest tensors of the step. The chunked loss projects
+  only the positions that have a label, `chunk_size` of them at a time, and recomputes a
+  chunk's logits in the backward rather than keeping them: one chunk's logits at a time.
+
+Only methods of model instances are replaced (types.MethodType), never a parameter nor a
+class, so it works on a model whose weights ZeRO-3 has partitioned, and `save_pretrained`
+writes the same files as before.
+"""
+import types
+
+import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+from transformers.modeling_outputs import CausalLMOutputWithCrossAttentions
+from transformers.models.bloom.modeling_bloom import BloomAttention, BloomForCausalLM, dropout_add
+
+IGNORE_INDEX = -100  # label of positions without a loss, as in transformers
+
+
+def _sdpa_attention_forward(self, hidden_states, residual, alibi, attention_mask, layer_past=None,
+                            use_cache=False, output_attentions=False, **kwargs):
+    """BloomAttention.forward with the scores, softmax and weighted sum in one SDPA call."""
+    if output_attentions:  # SDPA does not return the attention probabilities
+        return BloomAttention.forward(self, hidden_states, residual, alibi, attention_mask,
+                                      layer_past, use_cache, output_attentions, **kwargs)
+    batch_size, q_length, _ = hidden_states.shape
+    query, key, value = self._reshape(self.query_key_value(hidden_states))  # (batch, heads, len, dim)
+    if layer_past is not None:
+        key, value = layer_past.update(key, value, self.layer_idx)
+
+    # alibi is (batch * heads, 1, kv_length); the causal + padding mask (batch, 1, q_length,
+    # kv_length) holds 0 or the dtype's minimum. Stock computes the scores in the query's dtype
+    # (autocast casts alibi too); a fp32 minimum would become -inf there, so it is clamped.
+    bias = alibi.view(batch_size, self.num_heads, 1, -1).to(query.dtype)
+    if attention_mask is not None:
+        bias = bias + attention_mask.clamp(min=torch.finfo(query.dtype).min).to(query.dtype)
+    context = F.scaled_dot_product_attention(
+        query, key, value, attn_mask=bias, scale=self.inv_norm_factor,
+        dropout_p=self.attention_dropout.p if self.training else 0.0)
+    context = context.transpose(1, 2).reshape(batch_size, q_length, self.hidden_size)
+    output = dropout_add(self.dense(context), residual, self.hidden_dropout, self.training)
+    return output, None
+
+
+def use_sdpa_attention(model):
+    """Make every BloomAttention of `model` compute attention with SDPA; returns `model`."""
+    for module in model.modules():
+        if isinstance(module, BloomAttention):
+            if module.pretraining_tp > 1 and module.slow_but_exact:
+                raise ValueError("the SDPA fast path does not do slow_but_exact tensor-parallel sums")
+            module.forward = types.MethodType(_sdpa_attention_forward, module)
+    return model
+
+
+def _chunk_loss_sum(lm_head, hidden, targets):
+    return F.cross_entropy(lm_head(hidden).float(), targets, reduction="sum")
+
+
+def chunked_causal_lm_loss(hidden_states, lm_head, labels, num_items_in_batch=None,
+                           shift_labels=None, chunk_size=1024):
+    """transformers' ForCausalLMLoss(lm_head(hidden_states), labels), computed by chunks.
+
+    Position t predicts labels[t + 1] (or shift_labels[t]); positions whose target is -100
+    are dropped before the projection. Each chunk's cross-entropy is summed in fp32 like stock's
+    upcast logits, under activation checkpointing: the backward recomputes the chunk's logits
+    instead of keeping them. The sum is divided by the number of targets, or by
+    `num_items_in_batch` when the Trainer passes it (labels counted over every micro-batch of
+    an optimizer step, so that gradient accumulation averages over all of them).
+    """
+    if shift_labels is None:
+        shift_labels = F.pad(labels, (0, 1), value=IGNORE_INDEX)[..., 1:]
+    shift_labels = shift_labels.to(hidden_states.device)
+    keep = shift_labels != IGNORE_INDEX
+    hidden, targets = hidden_states[keep], shift_labels[keep]
+    # At least one (maybe empty) chunk: a micro-batch without targets still returns a loss that
+    # the backward can go through, as stock does (0 with num_items_in_batch, else nan).
+    loss = sum(checkpoint(_chunk_loss_sum, lm_head, hidden[i:i + chunk_size],
+                          targets[i:i + chunk_size], use_reentrant=False)
+               for i in range(0, max(len(targets), 1), chunk_size))
+    if num_items_in_batch is None:
+        return loss / keep.sum()
+    if torch.is_tensor(num_items_in_batch):
+        num_items_in_batch = num_items_in_batch.to(loss.device)
+    return loss / num_items_in_batch
+
+
+def _forward_with_chunked_loss(self, input_ids=None, past_key_values=None, attention_mask=None,
+                               inputs_embeds=None, labels=None, use_cache=None,
+                               output_attentions=None, output_hidden_states=None,
+                               return_dict=None, logits_to_keep=0, **kwargs):
+    """BloomForCausalLM.forward (same signature, which the Trainer and generate inspect);
+    given labels, its loss is chunked_causal_lm_loss and its logits None."""
+    if labels is None:  # generation, or logits asked for: the stock forward
+        return BloomForCausalLM.forward(
+            self, input_ids=input_ids, past_key_values=past_key_values,
+            attention_mask=attention_mask, inputs_embeds=inputs_embeds, use_cache=use_cache,
+            output_attentions=output_attentions, output_hidden_states=output_hidden_states,
+            return_dict=return_dict, logits_to_keep=logits_to_keep, **kwargs)
+    outputs = self.transformer(
+        input_ids, past_key_values=past_key_values, attention_mask=attention_mask,
+        inputs_embeds=inputs_embeds, use_cache=use_cache, output_attentions=output_attentions,
+        output_hidden_states=output_hidden_states, return_dict=True)
+    loss = chunked_causal_lm_loss(outputs.last_hidden_state, self.lm_head, labels,
+                                  kwargs.get("num_items_in_batch"), kwargs.get("shift_labels"),
+                                  self.loss_chunk_size)
+    output = CausalLMOutputWithCrossAttentions(
+        loss=loss, past_key_values=outputs.past_key_values,
+        hidden_states=outputs.hidden_states, attentions=outputs.attentions)
+    return_dict = return_dict if return_dict is not None else self.config.return_dict
+    return output if return_dict else output.to_tuple()
+
+
+def use_chunked_loss(model, chunk_size=1024):
+    """Make `model(..., labels=...)` return the chunked loss and no logits; returns `model`.
+
+    chunk_size: positions projected at once; each chunk holds about chunk_size x vocabulary x
+    16 bytes during the backward (1024 x 250,880: 4 GB) -- smaller saves memory, larger
+    launches fewer and bigger matrix products.
+    """
+    model.loss_chunk_size = chunk_size
+    model.forward = types.MethodType(_forward_with_chunked_loss, model)
+    return model
+
+
+def enable_fast_path(model, chunk_size=1024):
+    """SDPA attention and the chunked loss on a BloomForCausalLM; returns `model`."""
+    return use_chunked_loss(use_sdpa_attention(model), chunk_size)

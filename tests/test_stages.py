@@ -1,0 +1,195 @@
+"""Every stage's train.py, run for real on the tiny BLOOM: baseline with python, DeepSpeed
+ZeRO 0-3 and offload with the deepspeed launcher at one and two ranks (gloo on CPU)."""
+import filecmp
+import json
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import DEEPSPEED_STAGES, ROOT, STAGES, tiny_args
+
+SHARED_BY_ALL = ["model.py", "data_loader.py", "train.py", "fast_path.py"]
+SHARED_BY_DEEPSPEED = ["config.py", "ds_config.json", "ds_zero1.json", "ds_zero2.json",
+                       "ds_zero3.json", "ds_zero2_offload.json", "ds_zero3_offload.json"]
+METRICS_FIELDS = {"complete", "stage", "precision", "world_size", "nodes", "zero_stage",
+                  "offload_optimizer", "offload_param", "epochs", "steps_per_epoch", "train_loss",
+                  "train_runtime", "train_samples_per_second", "steady_train_samples_per_second",
+                  "eval_samples_per_second", "peak_gpu_memory_allocated_mib", "peak_host_rss_mib"}
+EPOCHS = 2
+
+
+def test_shared_files_are_identical_copies():
+    for name in SHARED_BY_ALL:
+        for stage in STAGES[1:]:
+            assert filecmp.cmp(ROOT / "baseline" / name, ROOT / stage / name, shallow=False), (stage, name)
+    for name in SHARED_BY_DEEPSPEED:
+        for stage in DEEPSPEED_STAGES[1:]:
+            assert filecmp.cmp(ROOT / DEEPSPEED_STAGES[0] / name, ROOT / stage / name, shallow=False), (stage, name)
+
+
+def test_deepspeed_stage_config_differs_from_baseline_only_in_the_deepspeed_default():
+    baseline = (ROOT / "baseline" / "config.py").read_text().splitlines()
+    deepspeed = (ROOT / "deepspeed-single-gpu" / "config.py").read_text().splitlines()
+    changed = [(a, b) for a, b in zip(baseline, deepspeed) if a != b]
+    assert len(baseline) == len(deepspeed) and len(changed) == 1
+    assert changed[0][1].strip().startswith("deepspeed=") and "ds_config.json" in changed[0][1]
+
+
+def load_config(name):
+    return json.loads((ROOT / "deepspeed-single-gpu" / name).read_text())
+
+
+@pytest.mark.parametrize("name", SHARED_BY_DEEPSPEED[1:])
+def test_deepspeed_configs_load_and_differ_only_under_zero_optimization(name):
+    from deepspeed.runtime.config import DeepSpeedConfig
+    from transformers.integrations.deepspeed import HfTrainerDeepSpeedConfig
+
+    HfTrainerDeepSpeedConfig(str(ROOT / "deepspeed-single-gpu" / name))  # HF's own loader
+    config, base = load_config(name), load_config("ds_config.json")
+    assert {k: v for k, v in config.items() if k != "zero_optimization"} == \
+           {k: v for k, v in base.items() if k != "zero_optimization"}
+    zero = config["zero_optimization"]
+    if zero["stage"] == 3:  # without it ZeRO-3 writes no model file on save
+        assert zero["stage3_gather_16bit_weights_on_model_save"] is True
+    for offload in ("offload_optimizer", "offload_param"):
+        if offload in zero:  # pinning stated, not left to a default
+            assert zero[offload] == {"device": "cpu", "pin_memory": True}
+    # Filled in as the Trainer would for one fp32 rank, micro-batch 1, no accumulation.
+    resolved = json.loads(json.dumps(config).replace('"enabled": "auto"', '"enabled": false')
+                          .replace('"auto"', "1"))
+    DeepSpeedConfig(resolved)  # DeepSpeed's own validation of every key
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_stage(stage, tiny, output_dir, launcher_ranks=None, extra=(), **overrides):
+    """Run a stage's train.py for real; returns the completed process."""
+    args = tiny_args(tiny, output_dir=output_dir, num_train_epochs=EPOCHS, **overrides) + list(extra)
+    if launcher_ranks is None:
+        cmd = [sys.executable, "train.py", *args]
+    else:
+        cmd = [str(Path(sys.executable).with_name("deepspeed")), "--num_gpus", str(launcher_ranks),
+               "--master_port", str(free_port()), "train.py", *args]
+    return subprocess.run(cmd, cwd=ROOT / stage, capture_output=True, text=True, timeout=600)
+
+
+FAST = ["--fast_path", "True"]
+RUNS = {  # name: (stage, deepspeed ranks or None, extra train.py arguments)
+    "baseline": ("baseline", None, []),
+    "zero0": ("deepspeed-single-gpu", 1, ["--deepspeed", "ds_config.json"]),
+    "zero1": ("deepspeed-single-gpu", 1, ["--deepspeed", "ds_zero1.json"]),
+    "zero2": ("deepspeed-single-gpu", 1, ["--deepspeed", "ds_zero2.json"]),
+    "zero3": ("deepspeed-single-gpu", 1, ["--deepspeed", "ds_zero3.json"]),
+    "zero2_offload": ("deepspeed-single-gpu", 1, ["--deepspeed", "ds_zero2_offload.json"]),
+    "zero3_offload": ("deepspeed-single-gpu", 1, ["--deepspeed", "ds_zero3_offload.json"]),
+    "zero2_2ranks": ("deepspeed-multi-gpu", 2, ["--deepspeed", "ds_zero2.json"]),
+    "zero3_2ranks": ("deepspeed-multi-gpu", 2, ["--deepspeed", "ds_zero3.json"]),
+    "zero3_offload_2ranks": ("deepspeed-multi-gpu", 2, ["--deepspeed", "ds_zero3_offload.json"]),
+    # the fast path in the workshop's sample order (only the batching differs) and grouped by length
+    "fast_same_order": ("baseline", None, FAST + ["--train_sampling_strategy", "random"]),
+    "fast": ("baseline", None, FAST),
+    "zero2_fast_same_order": ("deepspeed-single-gpu", 1, ["--deepspeed", "ds_zero2.json"] + FAST
+                              + ["--train_sampling_strategy", "random"]),
+}
+
+
+def deepspeed_config(name):
+    extra = RUNS[name][2]
+    return extra[extra.index("--deepspeed") + 1] if "--deepspeed" in extra else None
+
+
+@pytest.fixture(scope="module")
+def runs(tiny, tmp_path_factory):
+    """Each run made once, on first use: name -> (output dir, completed process)."""
+    made = {}
+
+    def get(name):
+        if name not in made:
+            stage, ranks, extra = RUNS[name]
+            out = tmp_path_factory.mktemp(name)
+            made[name] = out, run_stage(stage, tiny, out, ranks, extra)
+        return made[name]
+    return get
+
+
+def metrics_of(run):
+    out, proc = run
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return json.loads((out / "run_metrics.json").read_text())
+
+
+@pytest.mark.parametrize("name", list(RUNS))
+def test_run_logs_eval_loss_each_epoch_and_loss_falls(runs, name):
+    metrics = metrics_of(runs(name))
+    assert METRICS_FIELDS <= metrics.keys() and metrics["complete"] is True
+    assert [e["epoch"] for e in metrics["epochs"]] == list(range(1, EPOCHS + 1))
+    eval_losses = [e["eval_loss"] for e in metrics["epochs"]]
+    train_losses = [e["train_loss"] for e in metrics["epochs"]]
+    assert eval_losses[-1] < eval_losses[0] and train_losses[-1] < train_losses[0]
+    stage, ranks, _ = RUNS[name]
+    config = deepspeed_config(name)
+    assert metrics["world_size"] == (ranks or 1)
+    assert metrics["zero_stage"] == (load_config(config)["zero_optimization"]["stage"] if config else None)
+    assert metrics["precision"] == "fp32"  # fp16 is turned off on CPU, with a notice
+    assert "notice: no CUDA GPU, so fp16 is off" in runs(name)[1].stderr
+    assert metrics["steps_per_epoch"] == 32 // (16 * (ranks or 1))  # 16 sequences per rank and step
+
+
+@pytest.mark.parametrize("name", ["zero0", "zero1", "zero2", "zero3"])
+def test_fp32_deepspeed_at_one_rank_matches_the_plain_trainer(runs, name):
+    """Without mixed precision, ZeRO only moves state around: the losses are the baseline's."""
+    baseline, deepspeed = metrics_of(runs("baseline")), metrics_of(runs(name))
+    for ours, theirs in zip(baseline["epochs"], deepspeed["epochs"]):
+        assert theirs["train_loss"] == pytest.approx(ours["train_loss"], rel=1e-5)
+        assert theirs["eval_loss"] == pytest.approx(ours["eval_loss"], rel=1e-5)
+
+
+RELOAD = """
+import sys, json
+from transformers import Trainer, TrainingArguments, default_data_collator
+from config import WorkshopArguments
+from data_loader import build_datasets
+from model import load_model
+out, model_dir, data = sys.argv[1:4]
+model, tokenizer = load_model(model_dir)
+args = WorkshopArguments(model_name_or_path=model_dir, dataset_name_or_path=data,
+                         train_samples=32, eval_samples=8, max_length=64)
+_, eval_dataset = build_datasets(args, tokenizer)
+trainer = Trainer(model=model, args=TrainingArguments(out, use_cpu=True, report_to="none",
+                  per_device_eval_batch_size=4), eval_dataset=eval_dataset,
+                  data_collator=default_data_collator)
+print(json.dumps(trainer.evaluate()))
+"""
+
+
+@pytest.mark.parametrize("name", ["baseline", "zero3", "zero3_2ranks"])
+def test_saved_model_reloads_in_a_fresh_process_with_the_logged_eval_loss(runs, tiny, name, tmp_path):
+    out, _ = runs(name)
+    logged = metrics_of(runs(name))["epochs"][-1]["eval_loss"]
+    proc = subprocess.run([sys.executable, "-c", RELOAD, str(tmp_path), str(out), str(tiny / "data")],
+                          cwd=ROOT / RUNS[name][0], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    reloaded = json.loads(proc.stdout.strip().splitlines()[-1])["eval_loss"]
+    assert reloaded == pytest.approx(logged, rel=1e-4)
+
+
+@pytest.mark.parametrize("name, reference, tolerance", [
+    ("fast_same_order", "baseline", 1e-3), ("zero2_fast_same_order", "zero2", 1e-3),
+    ("fast", "baseline", 1e-2)])
+def test_fast_path_gives_the_workshop_loss(runs, name, reference, tolerance):
+    """Dropping padding changes no loss (padding has no labels); SDPA and the chunked loss
+    compute the same function. In the same sample order the train losses agree to rounding;
+    eval loss is a mean over batches, so other eval batch sizes move it a little; batches
+    grouped by length see the samples in another order (the issue asks for 1%)."""
+    fast, workshop = metrics_of(runs(name)), metrics_of(runs(reference))
+    assert fast["fast_path"] and fast["pad_to_max_length"] is False
+    for ours, theirs in zip(workshop["epochs"], fast["epochs"]):
+        assert theirs["eval_loss"] == pytest.approx(ours["eval_loss"], rel=tolerance)
+        assert theirs["train_loss"] == pytest.approx(ours["train_loss"], rel=tolerance)
