@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from transformers import (AutoConfig, DataCollatorForSeq2Seq, Trainer, TrainerCallback,
-                          default_data_collator)
+                          default_data_collator, set_seed)
 
 from config import parse_args
 from data_loader import build_datasets
@@ -155,6 +155,7 @@ def run_metrics(args, training_args, trainer, timer, train_output, started):
 
 def build_trainer(args, training_args):
     """The Trainer and its step timer, and the checkpoint to resume from (or None)."""
+    set_seed(training_args.seed)  # the same random weights (random_weights) and order every run
     model, tokenizer = load_model(args.model_name_or_path, args.random_weights)
     if args.fast_path:
         enable_fast_path(model)
@@ -179,6 +180,7 @@ def train(args, training_args, trainer, timer, resume_from):
     try:
         train_output = trainer.train(resume_from_checkpoint=resume_from)
         save_model(trainer, training_args.output_dir)
+        trainer.save_state()  # trainer_state.json: the log history of every step, for plots
     finally:  # a failed run still leaves its metrics, marked incomplete
         metrics = run_metrics(args, training_args, trainer, timer, train_output, started)
         if trainer.is_world_process_zero():

@@ -134,15 +134,17 @@ def _register_teardown(request) -> None:
 
 
 def submit(script_path, cwd, env_overrides: dict | None = None,
-           sbatch_args: list | None = None) -> int:
+           sbatch_args: list | None = None, script_args: list | None = None) -> int:
     """sbatch `script_path` from `cwd` (creates cwd/log first: jobs write log/%x-%j.out, and
     slurm fails a job whose --output folder is missing). The script's #SBATCH lines apply as
-    written; `sbatch_args` (e.g. ["--time=5", "--gres=none"]) override them. The job sees the
-    current environment plus `env_overrides` (sbatch's default --export=ALL). Returns the job id.
+    written; `sbatch_args` (e.g. ["--time=5", "--gres=none"]) override them; `script_args` go
+    after the script's name (the script's "$@"). The job sees the current environment plus
+    `env_overrides` (sbatch's default --export=ALL). Returns the job id.
     """
     cwd = Path(cwd)
     (cwd / "log").mkdir(parents=True, exist_ok=True)
-    cmd = ["sbatch", "--parsable", *[str(a) for a in (sbatch_args or [])], str(script_path)]
+    cmd = ["sbatch", "--parsable", *[str(a) for a in (sbatch_args or [])], str(script_path),
+           *[str(a) for a in (script_args or [])]]
     r = subprocess.run(cmd, cwd=cwd, env=slurm_env(env_overrides), capture_output=True,
                        text=True, timeout=60)
     if r.returncode != 0:

@@ -58,13 +58,13 @@ def write_jsonl(rows, path):
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
-def build_tokenizer(texts):
-    """A byte-level BPE like BLOOM's, trained on the tiny data; saved as a fast tokenizer."""
+def build_tokenizer(texts, vocab_size=TINY_BLOOM["vocab_size"]):
+    """A byte-level BPE like BLOOM's, trained on texts; saved as a fast tokenizer."""
     bpe = Tokenizer(models.BPE(unk_token="<unk>"))
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
     bpe.train_from_iterator(texts, trainers.BpeTrainer(
-        vocab_size=TINY_BLOOM["vocab_size"], special_tokens=SPECIAL_TOKENS,
+        vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
     return PreTrainedTokenizerFast(tokenizer_object=bpe, unk_token="<unk>", bos_token="<s>",
                                    eos_token="</s>", pad_token="<pad>", padding_side="right")

@@ -1,0 +1,46 @@
+"""A BLOOM architecture without its weights, for speed and memory runs on machines that
+cannot download them (train.py --random_weights True builds the model from it).
+
+    python tools/bloom_architecture.py bloom-560m DATA_FOLDER OUT_FOLDER
+
+The configs are those of the bigscience/bloom-* models on the hub. The tokenizer is a
+byte-level BPE trained on the SQuAD rows in DATA_FOLDER (BLOOM's own tokenizer needs the
+hub): SQuAD prompts come out at a similar length in tokens, so speed and memory are
+representative; losses of random weights mean nothing.
+"""
+import argparse
+import json
+from pathlib import Path
+
+from transformers import BloomConfig
+
+from make_tiny import build_tokenizer
+
+BLOOM = {  # hidden size, layers, heads (vocabulary 250,880 for all)
+    "bloom-560m": (1024, 24, 16),
+    "bloom-1b7": (2048, 24, 16),
+    "bloom-3b": (2560, 30, 32),
+    "bloom-7b1": (4096, 30, 32),
+}
+TOKENIZER_VOCABULARY = 50_000  # enough for SQuAD's English; the model keeps BLOOM's 250,880 rows
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("name", choices=BLOOM)
+    parser.add_argument("data", type=Path, help="folder with train.jsonl (SQuAD rows)")
+    parser.add_argument("out", type=Path)
+    args = parser.parse_args()
+    hidden, layers, heads = BLOOM[args.name]
+    config = BloomConfig(vocab_size=250_880, hidden_size=hidden, n_layer=layers, n_head=heads,
+                         bos_token_id=1, eos_token_id=2, pad_token_id=3)
+    config.save_pretrained(args.out)
+    rows = [json.loads(line) for line in (args.data / "train.jsonl").read_text().splitlines()]
+    texts = [f"Question: {r['question']} Context: {r['context']} Answer: {r['answers']['text'][0]}"
+             for r in rows]
+    build_tokenizer(texts, TOKENIZER_VOCABULARY).save_pretrained(args.out)
+    print(f"{args.name} architecture and a SQuAD BPE tokenizer in {args.out}")
+
+
+if __name__ == "__main__":
+    main()
