@@ -9,6 +9,7 @@ need) to --output_dir, and resumes from the newest complete checkpoint found the
 import json
 import os
 import resource
+import signal
 import sys
 import time
 from pathlib import Path
@@ -195,6 +196,9 @@ def train(args, training_args, trainer, timer, resume_from):
 
 
 def main(argv=None):
+    # scancel and the time limit send SIGTERM: leave through SystemExit, so that train()
+    # still writes the metrics file (marked incomplete) on the way out.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     try:
         args, training_args = parse_args(argv)
         trainer, timer, resume_from = build_trainer(args, training_args)
