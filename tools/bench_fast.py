@@ -56,11 +56,11 @@ def matmul_tflops(n=8192, repeats=20):
 def real_tokens_per_sample(arch, data, n_rows):
     """Mean tokens per training prompt, as data_loader.py builds them (no padding)."""
     sys.path.insert(0, str(ROOT / "baseline"))
-    from data_loader import load_split, prompt
-    tokenizer = AutoTokenizer.from_pretrained(arch)
-    rows = load_split(str(data), "train", n_rows)
-    texts = [f"{prompt(r)} {r['answers']['text'][0]}{tokenizer.eos_token}" for r in rows]
-    return statistics.mean(min(len(ids), 512) for ids in tokenizer(texts)["input_ids"])
+    from config import WorkshopArguments
+    from data_loader import load_split, tokenize
+    dataset, _ = tokenize(load_split(str(data), "train", n_rows), AutoTokenizer.from_pretrained(arch),
+                          WorkshopArguments().max_length, pad_to_max_length=False)
+    return statistics.mean(len(ids) for ids in dataset["input_ids"])
 
 
 def run(name, stage, options, args, out):

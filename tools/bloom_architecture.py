@@ -14,7 +14,7 @@ from pathlib import Path
 
 from transformers import BloomConfig
 
-from make_tiny import build_tokenizer
+from make_tiny import build_tokenizer, tokenizer_corpus
 
 BLOOM = {  # hidden size, layers, heads (vocabulary 250,880 for all)
     "bloom-560m": (1024, 24, 16),
@@ -36,9 +36,7 @@ def main():
                          bos_token_id=1, eos_token_id=2, pad_token_id=3)
     config.save_pretrained(args.out)
     rows = [json.loads(line) for line in (args.data / "train.jsonl").read_text().splitlines()]
-    texts = [f"Question: {r['question']} Context: {r['context']} Answer: {r['answers']['text'][0]}"
-             for r in rows]
-    build_tokenizer(texts, TOKENIZER_VOCABULARY).save_pretrained(args.out)
+    build_tokenizer(tokenizer_corpus(rows), TOKENIZER_VOCABULARY).save_pretrained(args.out)
     print(f"{args.name} architecture and a SQuAD BPE tokenizer in {args.out}")
 
 

@@ -58,6 +58,12 @@ def write_jsonl(rows, path):
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
+def tokenizer_corpus(rows):
+    """The texts a tokenizer is trained on: the workshop's prompts with their answers."""
+    return [f"Question: {r['question']} Context: {r['context']} Answer: {r['answers']['text'][0]}"
+            for r in rows]
+
+
 def build_tokenizer(texts, vocab_size=TINY_BLOOM["vocab_size"]):
     """A byte-level BPE like BLOOM's, trained on texts; saved as a fast tokenizer."""
     bpe = Tokenizer(models.BPE(unk_token="<unk>"))
@@ -87,9 +93,7 @@ def main():
     write_jsonl(train, data / "train.jsonl")
     write_jsonl(validation, data / "validation.jsonl")
 
-    texts = [f"Question: {r['question']} Context: {r['context']} Answer: {r['answers']['text'][0]}"
-             for r in train]
-    tokenizer = build_tokenizer(texts)
+    tokenizer = build_tokenizer(tokenizer_corpus(train))
     model = BloomForCausalLM(BloomConfig(**TINY_BLOOM))
     model.save_pretrained(args.out / "model")
     tokenizer.save_pretrained(args.out / "model")
