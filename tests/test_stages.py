@@ -193,3 +193,37 @@ def test_fast_path_gives_the_workshop_loss(runs, name, reference, tolerance):
     for ours, theirs in zip(workshop["epochs"], fast["epochs"]):
         assert theirs["eval_loss"] == pytest.approx(ours["eval_loss"], rel=tolerance)
         assert theirs["train_loss"] == pytest.approx(ours["train_loss"], rel=tolerance)
+
+
+@pytest.mark.parametrize("name", ["baseline", "zero3", "zero3_offload", "zero3_2ranks"])
+def test_stopped_on_request_and_resumed_ends_as_the_uninterrupted_run(runs, tiny, name, tmp_path):
+    """The file the .slurm jobs create on SLURM's warning signal stops training after the
+    current step with a complete checkpoint; run again, train.py resumes from it and ends where
+    the uninterrupted run ends. A checkpoint cut off while being written is skipped, not used,
+    not deleted; the good one it would have followed is left as it was."""
+    stage, ranks, extra = RUNS[name]
+    request = tmp_path / "save-and-stop"
+    request.touch()
+    first = run_stage(stage, tiny, tmp_path, ranks, extra)
+    stopped = metrics_of((tmp_path, first))
+    assert stopped["complete"] is False and stopped["stopped_on_request_at_step"] == 1
+    assert "stopped on request" in first.stdout
+    good = tmp_path / "checkpoint-1"
+    saved = {p: p.read_bytes() for p in good.rglob("*") if p.is_file()}
+    assert good / "trainer_state.json" in saved
+    cut_off = tmp_path / "checkpoint-3"  # as a job killed while writing it leaves it
+    cut_off.mkdir()
+    (cut_off / "model.safetensors").write_bytes(b"\0" * 100)
+    request.unlink()  # the job script removes it before starting train.py
+
+    second = run_stage(stage, tiny, tmp_path, ranks, extra)
+    resumed, uninterrupted = metrics_of((tmp_path, second)), metrics_of(runs(name))
+    assert f"skipping incomplete checkpoint {cut_off}" in second.stdout
+    assert f"resuming from {good} (step 1)" in second.stdout
+    assert resumed["complete"] is True and resumed["stopped_on_request_at_step"] is None
+    assert [e["epoch"] for e in resumed["epochs"]] == list(range(1, EPOCHS + 1))
+    for ours, theirs in zip(uninterrupted["epochs"], resumed["epochs"]):
+        assert theirs["eval_loss"] == pytest.approx(ours["eval_loss"], rel=1e-5)
+        assert theirs["train_loss"] == pytest.approx(ours["train_loss"], rel=1e-5)
+    assert {p: p.read_bytes() for p in good.rglob("*") if p.is_file()} == saved
+    assert [p.name for p in cut_off.iterdir()] == ["model.safetensors"]

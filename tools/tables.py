@@ -35,7 +35,8 @@ import pandas as pd
 
 COLUMNS = """\
 Objective 1 (one row per run):
-  status             complete; died mid-way (run_metrics.json says complete=false); or why
+  status             complete; stopped to resume (saved on the time limit's warning, requeued);
+                     died mid-way (run_metrics.json says complete=false); or why
                      there is no metrics file (killed, time limit, still running)
   epochs             epochs evaluated, of those planned where trainer_state.json says
   steps/epoch        optimizer steps per epoch
@@ -264,6 +265,10 @@ def status(run):
     error = f"; last error in {run.name}.out: {out['error'][:200]}" if out.get("error") else ""
     if m and m.get("complete"):
         return "complete"
+    if m and m.get("stopped_on_request_at_step"):
+        run.notes.append(f"stopped on request (the time limit's warning) after step "
+                         f"{m['stopped_on_request_at_step']}, checkpointed, to be resumed{where}")
+        return "stopped to resume"
     if m:
         run.notes.append(f"died mid-way: run_metrics.json says complete=false{where}{error}; reporting what exists")
         return "died mid-way"
