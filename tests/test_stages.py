@@ -11,13 +11,14 @@ import pytest
 
 from conftest import DEEPSPEED_STAGES, ROOT, STAGES, tiny_args
 
-SHARED_BY_ALL = ["model.py", "data_loader.py", "train.py", "fast_path.py"]
+SHARED_BY_ALL = ["model.py", "data_loader.py", "train.py", "fast_path.py", "answer_quality.py"]
 SHARED_BY_DEEPSPEED = ["config.py", "ds_config.json", "ds_zero1.json", "ds_zero2.json",
                        "ds_zero3.json", "ds_zero2_offload.json", "ds_zero3_offload.json"]
 METRICS_FIELDS = {"complete", "stage", "precision", "world_size", "nodes", "zero_stage",
                   "offload_optimizer", "offload_param", "epochs", "steps_per_epoch", "train_loss",
                   "train_runtime", "train_samples_per_second", "steady_train_samples_per_second",
-                  "eval_samples_per_second", "peak_gpu_memory_allocated_mib", "peak_host_rss_mib"}
+                  "eval_samples_per_second", "peak_gpu_memory_allocated_mib", "peak_host_rss_mib",
+                  "answer_quality"}
 EPOCHS = 2
 
 
@@ -180,6 +181,27 @@ def test_saved_model_reloads_in_a_fresh_process_with_the_logged_eval_loss(runs, 
     assert reloaded == pytest.approx(logged, rel=1e-4)
 
 
+@pytest.mark.parametrize("name", ["baseline", "zero3", "zero3_2ranks"])
+def test_answer_quality_before_and_after_matches_the_answers_and_the_saved_model(runs, tiny, name):
+    """Every rank generates together under ZeRO-3; rank 0 writes the answers. The saved
+    folder, scored on its own by answer_quality.py, gives the same answers."""
+    from answer_quality import squad_scores
+    out, _ = runs(name)
+    quality = metrics_of(runs(name))["answer_quality"]
+    assert quality["before"]["samples"] == quality["after"]["samples"] == 8
+    answers = [json.loads(line) for line in (out / "answers.jsonl").read_text().splitlines()]
+    assert len(answers) == 8
+    em, f = squad_scores([a["answer"] for a in answers], [a["references"] for a in answers])
+    assert (em, f) == (quality["after"]["exact_match"], quality["after"]["f1"])
+    before = [json.loads(line) for line in (out / "answers.jsonl").read_text().splitlines()]
+    proc = subprocess.run([sys.executable, "answer_quality.py", str(out), "--dataset_name_or_path",
+                           str(tiny / "data"), "--eval_samples", "8", "--max_length", "64"],
+                          cwd=ROOT / RUNS[name][0], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    again = [json.loads(line) for line in (out / "answers.jsonl").read_text().splitlines()]
+    assert [a["answer"] for a in again] == [a["answer"] for a in before]
+
+
 @pytest.mark.parametrize("name, reference, tolerance", [
     ("fast_same_order", "baseline", 1e-3), ("zero2_fast_same_order", "zero2", 1e-3),
     ("fast", "baseline", 1e-2)])
@@ -221,6 +243,7 @@ def test_stopped_on_request_and_resumed_ends_as_the_uninterrupted_run(runs, tiny
     assert f"skipping incomplete checkpoint {cut_off}" in second.stdout
     assert f"resuming from {good} (step 1)" in second.stdout
     assert resumed["complete"] is True and resumed["stopped_on_request_at_step"] is None
+    assert resumed["answer_quality"] == uninterrupted["answer_quality"]  # "before" kept across
     assert [e["epoch"] for e in resumed["epochs"]] == list(range(1, EPOCHS + 1))
     for ours, theirs in zip(uninterrupted["epochs"], resumed["epochs"]):
         assert theirs["eval_loss"] == pytest.approx(ours["eval_loss"], rel=1e-5)

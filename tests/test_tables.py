@@ -188,6 +188,16 @@ def test_markdown_and_plots(made):
         assert (root / "plots" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.parametrize("stage, name", [("baseline", BASELINE), ("deepspeed-single-gpu", ZERO2)])
+def test_answer_quality_before_and_after(made, stage, name):
+    root, _, tables = made
+    ours = row(tables["objective1"], name)
+    quality = json.loads((root / stage / "runs" / name / "run_metrics.json").read_text())["answer_quality"]
+    for when in ("before", "after"):
+        assert number(ours[f"EM {when}"]) == pytest.approx(quality[when]["exact_match"])
+        assert number(ours[f"F1 {when}"]) == pytest.approx(quality[when]["f1"])
+
+
 def test_a_run_that_died_mid_way_says_so_and_reports_what_exists(made):
     root, proc, tables = made
     died = row(tables["objective1"], "baseline-died")
