@@ -58,7 +58,7 @@ def squad_scores(predictions, references):
 @torch.no_grad()
 def generate_answers(model, tokenizer, rows, max_length, device, batch_size=8):
     """Greedy answers to the rows' prompts. Prompts longer than max_length minus the answer's
-    room lose their start. Under ZeRO-3 with several ranks every rank must call this at once:
+    room (at least half of max_length) lose their start. Under ZeRO-3 with several ranks every rank must call this at once:
     each layer is gathered from all of them (generate() sees it and keeps them in step)."""
     was_training, sides = model.training, (tokenizer.padding_side, tokenizer.truncation_side)
     model.eval()
@@ -68,7 +68,7 @@ def generate_answers(model, tokenizer, rows, max_length, device, batch_size=8):
         for start in range(0, len(rows), batch_size):
             batch = tokenizer([prompt(row) for row in rows[start:start + batch_size]],
                               return_tensors="pt", padding=True, truncation=True,
-                              max_length=max_length - MAX_ANSWER_TOKENS,
+                              max_length=max(max_length - MAX_ANSWER_TOKENS, max_length // 2),
                               add_special_tokens=False).to(device)
             out = model.generate(**batch, max_new_tokens=MAX_ANSWER_TOKENS, do_sample=False,
                                  pad_token_id=tokenizer.pad_token_id,
