@@ -2,7 +2,10 @@
 from pathlib import Path
 
 import torch
+from huggingface_hub import is_offline_mode
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+from data_loader import not_here
 
 
 def load_model(name_or_path, random_weights=False):
@@ -15,7 +18,10 @@ def load_model(name_or_path, random_weights=False):
     """
     if name_or_path.startswith((".", "/", "~")) and not Path(name_or_path).expanduser().is_dir():
         raise ValueError(f"model folder {name_or_path} does not exist")
-    tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+    except OSError as e:
+        raise ValueError(not_here(name_or_path, "model") if is_offline_mode() else e) from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "right"  # prompt tokens keep their positions; padding trails

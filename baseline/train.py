@@ -19,12 +19,15 @@ import torch.distributed as dist
 from transformers import (AutoConfig, DataCollatorForSeq2Seq, Trainer, TrainerCallback,
                           default_data_collator, set_seed)
 
+from answer_quality import ANSWERS_FILE, answer_quality, write_answers
 from config import parse_args
-from data_loader import build_datasets
+from data_loader import build_datasets, load_split
 from fast_path import enable_fast_path
 from model import load_model, save_model
 
 METRICS_FILE = "run_metrics.json"
+# The .slurm jobs create this file in --output_dir when SLURM warns that the time limit is near.
+SAVE_AND_STOP_FILE = "save-and-stop"
 # Architecture keys that must match for a checkpoint to belong to this model.
 ARCHITECTURE_KEYS = ("model_type", "vocab_size", "hidden_size", "n_layer", "n_head")
 
@@ -48,6 +51,53 @@ class StepTimer(TrainerCallback):
         if state.global_step > 1:  # the first step pays for start-up (allocations, kernels)
             self.seconds += time.perf_counter() - self.started
             self.steps += 1
+
+
+class SaveAndStopOnRequest(TrainerCallback):
+    """Save a checkpoint and stop after the current step once SAVE_AND_STOP_FILE appears.
+
+    The .slurm jobs create the file on SLURM's warning signal before the time limit, then
+    requeue themselves; the next run resumes from this checkpoint. All ranks must stop after
+    the same step, so rank 0 looks for the file and tells the others (one tiny all-reduce
+    per optimizer step).
+    """
+
+    def __init__(self, output_dir):
+        self.request = Path(output_dir) / SAVE_AND_STOP_FILE
+        self.stopped_at = None  # the step after which training stopped on request
+        self.saved_at_step = False
+
+    def on_step_end(self, args, state, control, **kwargs):
+        asked = torch.tensor(float(state.is_world_process_zero and self.request.exists()),
+                             device=args.device)
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(asked)
+        if asked.item() and state.global_step < state.max_steps:
+            self.stopped_at = state.global_step
+            self.saved_at_step = control.should_save  # a checkpoint was due at this step anyway
+            control.should_training_stop = True
+        return control
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        if self.stopped_at is not None:  # the Trainer ends the epoch here, whole or not
+            if not float(state.epoch).is_integer():
+                control.should_evaluate = False  # an eval loss only for whole epochs
+            control.should_save = not self.saved_at_step  # one checkpoint, written once
+        return control
+
+
+class AnswerQualityBeforeTraining(TrainerCallback):
+    """SQuAD EM/F1 of the model as it starts (not when resuming), kept in the Trainer's log
+    history so that a resumed run still has it. It runs once DeepSpeed has set the model up:
+    under ZeRO-3 only then can the partitioned layers be gathered to generate."""
+
+    def __init__(self, tokenizer, rows, max_length):
+        self.tokenizer, self.rows, self.max_length = tokenizer, rows, max_length
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        if state.global_step == 0:
+            scores, _ = answer_quality(model, self.tokenizer, self.rows, self.max_length, args.device)
+            state.log_history.append(dict(answer_quality_before=scores, step=0))
 
 
 def newest_complete_checkpoint(output_dir, model_config):
@@ -108,7 +158,7 @@ def zero_settings(training_args):
             zero.get("offload_param", {}).get("device"))
 
 
-def run_metrics(args, training_args, trainer, timer, train_output, started):
+def run_metrics(args, training_args, trainer, timer, stop, train_output, started, answers_after):
     """Everything the workshop's tables need, in one JSON-able dict.
 
     Per-rank values are gathered from every rank only after a successful run: after a
@@ -122,8 +172,11 @@ def run_metrics(args, training_args, trainer, timer, train_output, started):
     peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     epochs = epoch_table(trainer.state.log_history)
     train = train_output.metrics if train_output else {}
+    before = next((e["answer_quality_before"] for e in trainer.state.log_history
+                   if "answer_quality_before" in e), None)
     return dict(
-        complete=train_output is not None,
+        complete=train_output is not None and stop.stopped_at is None,
+        stopped_on_request_at_step=stop.stopped_at,
         stage=Path(__file__).resolve().parent.name,
         model=args.model_name_or_path, random_weights=args.random_weights,
         dataset=args.dataset_name_or_path,
@@ -147,6 +200,7 @@ def run_metrics(args, training_args, trainer, timer, train_output, started):
                                          if timer.seconds else None),
         eval_samples_per_second=(sum(e["eval_samples_per_second"] for e in epochs) / len(epochs)
                                  if epochs else None),
+        answer_quality=dict(before=before, after=answers_after) if args.answer_quality else None,
         peak_gpu_memory_allocated_mib=per_rank(peak_gpu),  # per rank
         peak_host_rss_mib=per_rank(peak_rss),  # per rank
         wall_seconds=time.time() - started,
@@ -155,7 +209,8 @@ def run_metrics(args, training_args, trainer, timer, train_output, started):
 
 
 def build_trainer(args, training_args):
-    """The Trainer and its step timer, and the checkpoint to resume from (or None)."""
+    """The Trainer, its step timer and stop-on-request callback, and the checkpoint to resume
+    from (or None)."""
     set_seed(training_args.seed)  # the same random weights (random_weights) and order every run
     model, tokenizer = load_model(args.model_name_or_path, args.random_weights)
     if args.fast_path:
@@ -165,25 +220,37 @@ def build_trainer(args, training_args):
                    if Path(training_args.output_dir).is_dir() else None)
     collator = (default_data_collator if args.pad_to_max_length
                 else DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100, pad_to_multiple_of=8))
-    timer = StepTimer()
+    timer, stop = StepTimer(), SaveAndStopOnRequest(training_args.output_dir)
+    callbacks = [timer, stop]
+    questions = None
+    if args.answer_quality:
+        questions = load_split(args.dataset_name_or_path, "validation", args.eval_samples)
+        callbacks.append(AnswerQualityBeforeTraining(tokenizer, questions, args.max_length))
     trainer = Trainer(model=model, args=training_args, train_dataset=train_dataset,
                       eval_dataset=eval_dataset, processing_class=tokenizer,
-                      data_collator=collator, callbacks=[timer])
-    return trainer, timer, resume_from
+                      data_collator=collator, callbacks=callbacks)
+    return trainer, timer, stop, resume_from, questions
 
 
-def train(args, training_args, trainer, timer, resume_from):
-    """Train, save the model, and write the metrics file (also when training fails)."""
+def train(args, training_args, trainer, timer, stop, resume_from, questions):
+    """Train, save the model, and write the metrics file (also when training fails or stops
+    on request)."""
     started = time.time()
     if resume_from:
         print(f"resuming from {resume_from} (step {int(resume_from.rsplit('-', 1)[1])})")
-    train_output = None
+    train_output = after = None
     try:
         train_output = trainer.train(resume_from_checkpoint=resume_from)
-        save_model(trainer, training_args.output_dir)
-        trainer.save_state()  # trainer_state.json: the log history of every step, for plots
+        if stop.stopped_at is None:
+            save_model(trainer, training_args.output_dir)
+            trainer.save_state()  # trainer_state.json: the log history of every step, for plots
+            if questions:  # every rank: under ZeRO-3 they generate together
+                after, answers = answer_quality(trainer.model, trainer.processing_class, questions,
+                                                args.max_length, training_args.device)
+                if trainer.is_world_process_zero():
+                    write_answers(Path(training_args.output_dir) / ANSWERS_FILE, questions, answers)
     finally:  # a failed run still leaves its metrics, marked incomplete
-        metrics = run_metrics(args, training_args, trainer, timer, train_output, started)
+        metrics = run_metrics(args, training_args, trainer, timer, stop, train_output, started, after)
         if trainer.is_world_process_zero():
             path = Path(training_args.output_dir) / METRICS_FILE
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -193,6 +260,15 @@ def train(args, training_args, trainer, timer, resume_from):
         for e in metrics["epochs"]:
             print(f"epoch {e['epoch']}: train_loss {e['train_loss']:.4f} "
                   f"eval_loss {e['eval_loss']:.4f}")
+        quality = metrics["answer_quality"]
+        if quality and quality["before"] and quality["after"]:
+            print("answers to {samples} validation questions: exact match {0[exact_match]:.1f} -> "
+                  "{1[exact_match]:.1f}, F1 {0[f1]:.1f} -> {1[f1]:.1f} (before -> after training)"
+                  .format(quality["before"], quality["after"], samples=quality["after"]["samples"]))
+        if stop.stopped_at is not None:
+            print(f"stopped on request ({stop.request}) after step {stop.stopped_at} of "
+                  f"{trainer.state.max_steps}: checkpoint-{stop.stopped_at} saved; run again "
+                  f"with --output_dir {training_args.output_dir} to resume")
 
 
 def main(argv=None):
@@ -201,10 +277,10 @@ def main(argv=None):
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     try:
         args, training_args = parse_args(argv)
-        trainer, timer, resume_from = build_trainer(args, training_args)
+        trainer, timer, stop, resume_from, questions = build_trainer(args, training_args)
     except (ValueError, OSError) as e:  # bad input: one line, before any GPU time is spent
         sys.exit(f"error: {e}")
-    train(args, training_args, trainer, timer, resume_from)
+    train(args, training_args, trainer, timer, stop, resume_from, questions)
     # Ending the process group explicitly avoids a crash at exit with ZeRO-3 offload at
     # 2 ranks ("terminate called without an active exception") after training succeeded.
     if dist.is_available() and dist.is_initialized():

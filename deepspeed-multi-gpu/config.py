@@ -23,6 +23,8 @@ class WorkshopArguments:
     max_length: int = 512  # BLOOM's prompts here average ~220 tokens; longer ones are cut
     pad_to_max_length: bool = True  # every sequence padded to max_length, as the workshop does
     fast_path: bool = False  # the settings of FAST_PATH below, for those not given explicitly
+    answer_quality: bool = True  # greedy answers to the validation questions, before and after
+    # training: SQuAD exact match and F1 (answer_quality.py), a few seconds on a GPU
 
 
 # The workshop's training settings (TrainingArguments' own defaults for the rest).

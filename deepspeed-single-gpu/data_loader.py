@@ -8,10 +8,18 @@ import json
 from pathlib import Path
 
 from datasets import Dataset, load_dataset
+from huggingface_hub import is_offline_mode
 
 # Local file names tried for each split, in order.
 SPLIT_FILES = {"train": ["train.jsonl", "train.json", "train-v1.1.json"],
                "validation": ["validation.jsonl", "validation.json", "dev-v1.1.json"]}
+
+
+def not_here(name, what):
+    """Why a hub id cannot be loaded on a compute node without internet, and what to do."""
+    return (f"{name} is not on this machine and the hub is off (HF_HUB_OFFLINE=1, as the jobs "
+            f"set it): run `python tools/prepare.py --{what}_name_or_path {name}` once on a "
+            f"machine with internet (the login node), then submit again")
 
 
 def prompt(row):
@@ -54,8 +62,8 @@ def check_rows(rows, source):
             raise ValueError(f"{source}: row {i} has no answer text")
 
 
-def load_split(name_or_path, split, n_rows):
-    """The first n_rows of a split, checked."""
+def load_split(name_or_path, split, n_rows=None):
+    """The first n_rows of a split (all of them for None), checked."""
     folder = Path(name_or_path).expanduser()
     if folder.is_dir():
         files = [folder / f for f in SPLIT_FILES[split] if (folder / f).is_file()]
@@ -66,7 +74,11 @@ def load_split(name_or_path, split, n_rows):
         raise ValueError(f"dataset folder {name_or_path} does not exist")
     else:
         source = f"{name_or_path}[{split}]"
-        rows = load_dataset(name_or_path, split=split)
+        try:
+            rows = load_dataset(name_or_path, split=split)
+        except OSError as e:  # ConnectionError included
+            raise ValueError(not_here(name_or_path, "dataset") if is_offline_mode() else e) from None
+    n_rows = len(rows) if n_rows is None else n_rows
     if n_rows > len(rows):
         raise ValueError(f"asked for {n_rows} {split} rows but {source} has only {len(rows)}")
     rows = [rows[i] for i in range(n_rows)]

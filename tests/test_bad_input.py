@@ -1,6 +1,7 @@
 """Bad input gets a one-line reason naming the file or value, a non-zero exit, no traceback,
 before any training starts."""
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -129,3 +130,33 @@ def test_output_folder_holding_another_models_checkpoints(tiny, tmp_path):
     (other / "trainer_state.json").write_text("{}")
     assert_refused(train("baseline", tiny, tmp_path), "checkpoint-4", "another model")
     assert (other / "config.json").is_file()  # nothing of the user's is touched
+
+
+# train.py started as `python train.py`, on a machine that reports a CUDA GPU of the given
+# compute capability (this CPU machine has none; nothing else of CUDA is touched before the check)
+OLD_GPU = """
+import sys, torch
+torch.cuda.is_available = lambda: True
+torch.cuda.get_device_capability = lambda device=None: (5, 2)
+torch.cuda.get_device_name = lambda device=None: "Tesla M60"
+sys.argv[0] = "train.py"
+import train
+train.main(sys.argv[1:])
+"""
+
+
+def test_fp16_on_a_gpu_without_it(tiny, tmp_path):
+    args = tiny_args(tiny, output_dir=tmp_path / "out") + ["--fp16", "True"]
+    proc = subprocess.run([sys.executable, "-c", OLD_GPU, *args], cwd=ROOT / "baseline",
+                          capture_output=True, text=True, timeout=300)
+    assert_refused(proc, "fp16", "compute capability 6.0", "Tesla M60", "5.2")
+    assert not (tmp_path / "out").exists()
+
+
+def test_prompt_longer_than_max_length_is_truncated_and_counted(tiny, tmp_path):
+    proc = train("baseline", tiny, tmp_path, max_length=24, num_train_epochs=1)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    counts = re.findall(r"^(train|validation): (\d+) of (\d+) examples are longer than 24 tokens "
+                        r"and were truncated$", proc.stdout, re.M)
+    assert [(split, int(n)) for split, _, n in counts] == [("train", 32), ("validation", 8)]
+    assert all(0 < int(truncated) <= int(n) for _, truncated, n in counts)

@@ -15,6 +15,8 @@ run on a fresh machine compiles an op (~40 s), later runs reuse it.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import hashlib
 import json
 import os
 import re
@@ -26,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from safetensors.torch import load_file
 
 import slurm_cluster as sc
 from conftest import ROOT, tiny_args
@@ -428,8 +431,133 @@ def check_cancelled(case: Case, tiny: Path, jobs: list):
     assert time.monotonic() - t0 < 30
     assert_nothing_left(job)
     assert_memory_logs(job)
+    # train.py leaves through SystemExit on SIGTERM: its metrics say how far it got
     metrics = metrics_of(job)
-    assert metrics is None or metrics["complete"] is False
+    assert metrics is not None and metrics["complete"] is False, job.tail()
+    assert metrics["global_step"] >= 1 and metrics["stopped_on_request_at_step"] is None
+
+
+def resumable(case: Case) -> dict:
+    """tiny_args for a run long enough to be cut short (tens of seconds of training here),
+    checkpointed every few dozen steps. It is evaluated every epoch by step count, so that
+    the Trainer evaluates before it saves when both fall on one step (with eval_strategy
+    "epoch" it saves first, and a run resumed from there never evaluates that epoch)."""
+    steps_per_epoch = 64 // (16 * case.world_size)
+    if case.world_size == 1:  # ~25 steps/s: 960 steps, longer than the time limit's warning
+        epochs, every = 240, 125
+    else:  # two ranks over gloo, a few steps/s
+        epochs, every = 16, 25
+    return dict(train_samples=64, num_train_epochs=epochs, save_strategy="steps",
+                save_steps=every, eval_strategy="steps", eval_steps=steps_per_epoch)
+
+
+def check_resumes(case: Case, tiny: Path, jobs: list, references: dict, cut_short,
+                  cut_sbatch_args=()):
+    """A job (with cut_sbatch_args) cut short by `cut_short` (scancel, or the time limit) and
+    run on in the same output folder ends with the eval losses of an uninterrupted job of the
+    same seed, and its checkpoints are whole (trainer_state.json of their step, weights that
+    load)."""
+    args = tiny_args(tiny, **resumable(case))
+    if case.name not in references:
+        with running(case, args, jobs) as job:
+            assert wait(job) == ("COMPLETED", "0:0"), job.tail()
+        references[case.name] = metrics_of(job)
+    cut = dataclasses.replace(case, sbatch_args=case.sbatch_args + tuple(cut_sbatch_args))
+    with running(cut, args, jobs) as job:
+        resumed = cut_short(job, args, jobs)
+    out = job.output() + (resumed.output() if resumed is not job else "")
+    assert re.search(rf"resuming from runs/{re.escape(job.run_name)}/checkpoint-(\d+) "
+                     rf"\(step \1\)", out), out[-3000:]
+    metrics = metrics_of(job)  # a job sbatched again writes into the first job's folder
+    assert metrics["complete"] is True, out[-3000:]
+    uninterrupted = references[case.name]
+    assert len(metrics["epochs"]) == len(uninterrupted["epochs"]) == resumable(case)["num_train_epochs"]
+    # Without ZeRO-3 the resumed run is bit for bit the uninterrupted one. ZeRO-3 re-partitions
+    # the parameters when it resumes and sums some gradients in another order: the eval loss
+    # moved by ~1e-7 after a resume, which 400 steps at the tiny model's high learning rate
+    # grew to ~1e-5.
+    tolerance = 1e-4 if case.zero_stage == 3 else 1e-6
+    for ours, theirs in zip(uninterrupted["epochs"], metrics["epochs"]):
+        assert theirs["eval_loss"] == pytest.approx(ours["eval_loss"], rel=tolerance)
+    for folder in sorted(job.run_dir.glob("checkpoint-*")):
+        step = int(folder.name.split("-")[1])
+        assert json.loads((folder / "trainer_state.json").read_text())["global_step"] == step
+        load_file(folder / "model.safetensors")  # whole, not cut off
+    assert_nothing_left(resumed)
+    return job, resumed
+
+
+def complete_checkpoints(run_dir: Path) -> dict:
+    """checkpoint folder name -> digest of all its files, for the complete checkpoints."""
+    return {folder.name: hashlib.sha256(b"".join(p.read_bytes() for p in sorted(folder.rglob("*"))
+                                                if p.is_file())).hexdigest()
+            for folder in run_dir.glob("checkpoint-*") if (folder / "trainer_state.json").is_file()}
+
+
+def scancel_then_sbatch_again(job: Ran, args: list, jobs: list) -> Ran:
+    """scancel the job once it has written a checkpoint, then sbatch it again with OUTPUT_DIR
+    set to its output folder (as the README says); no complete checkpoint is lost or changed."""
+    deadline = time.monotonic() + JOB_TIMEOUT
+    while not complete_checkpoints(job.run_dir):
+        assert sc.job_info(job.job_id)["JobState"] in sc._ACTIVE, job.tail()
+        assert time.monotonic() < deadline, job.tail()
+        time.sleep(0.2)
+    sc.cancel(job.job_id)
+    assert wait(job)[0] == "CANCELLED", job.tail()
+    assert_nothing_left(job)
+    before = complete_checkpoints(job.run_dir)
+    again = dataclasses.replace(job.case, env={**job.case.env, "OUTPUT_DIR": f"runs/{job.run_name}"})
+    with running(again, args, jobs) as resumed:
+        assert wait(resumed) == ("COMPLETED", "0:0"), resumed.tail()
+    after = complete_checkpoints(job.run_dir)
+    assert {name: after.get(name) for name in before} == before
+    return resumed
+
+
+def time_limit_then_requeue(job: Ran, args: list, jobs: list) -> Ran:
+    """Let the job meet its time limit (a minute, warned by --signal): it saves, requeues
+    itself and resumes, as often as it takes."""
+    return wait_through_requeues(job)
+
+
+def warned_by_hand_then_requeue(job: Ran, args: list, jobs: list) -> Ran:
+    """Send the job's batch script SLURM's warning signal by hand once training runs (what
+    --signal=B:USR1@N does N seconds before the time limit): it saves, requeues, resumes."""
+    deadline = time.monotonic() + JOB_TIMEOUT
+    while "{'loss': " not in job.output():
+        assert sc.job_info(job.job_id)["JobState"] in sc._ACTIVE, job.tail()
+        assert time.monotonic() < deadline, job.tail()
+        time.sleep(0.3)
+    subprocess.run(["scancel", "--batch", "--signal=USR1", str(job.job_id)], env=sc.slurm_env(),
+                   check=True, capture_output=True, timeout=30)
+    return wait_through_requeues(job)
+
+
+def wait_through_requeues(job: Ran) -> Ran:
+    """Wait for a job that requeues itself to complete; check that each requeue followed a
+    warning and a checkpoint. SLURM holds a requeued job for two minutes before it may start
+    again; the test lifts that hold (StartTime=now) so as not to wait, but only after a few
+    seconds: a job started within the second of its requeue is refused ("Job credential
+    revoked")."""
+    restarts, pending_since = 0, None
+    deadline = time.monotonic() + 3 * JOB_TIMEOUT
+    while (info := sc.job_info(job.job_id))["JobState"] in sc._ACTIVE:
+        assert time.monotonic() < deadline, job.tail()
+        restarts = int(info.get("Restarts", 0))
+        if info["JobState"] != "PENDING" or not restarts:
+            pending_since = None
+        elif pending_since is None:
+            pending_since = time.monotonic()
+        elif time.monotonic() > pending_since + 3:
+            subprocess.run(["scontrol", "update", f"JobId={job.job_id}", "StartTime=now"],
+                           env=sc.slurm_env(), capture_output=True, timeout=30)
+        time.sleep(0.5)
+    out = job.output()
+    assert (info["JobState"], info["ExitCode"]) == ("COMPLETED", "0:0"), job.tail()
+    assert restarts >= 1 and out.count("requeueing job") == restarts, job.tail()
+    assert out.count("warning signal: saving a checkpoint and stopping") >= restarts
+    assert len(re.findall(r"stopped on request .* after step \d+", out)) == restarts
+    return job
 
 
 # ---------------------------------------------------------------------------------- one node
@@ -454,6 +582,41 @@ def test_one_node_job_cancelled_cleanly(case, one_node, jobs):
     check_cancelled(case, one_node, jobs)
 
 
+def check_more_gpus_than_allocated(case: Case, tiny: Path, jobs: list):
+    """GPUS=N above the allocation's GPU count: refused with one line before anything runs."""
+    allocated = int(next(a for a in case.sbatch_args if a.startswith("--gres=gpu:")).split(":")[-1])
+    asked = dataclasses.replace(case, env={**case.env, "GPUS": str(allocated + 2)})
+    with running(asked, tiny_args(tiny), jobs) as job:
+        state = wait(job)
+    assert state == ("FAILED", "1:0"), job.tail()
+    assert f"error: GPUS={allocated + 2} but this allocation has {allocated} GPU(s)" in job.output()
+    assert "train.py" not in job.output() and not job.run_dir.exists()
+    assert_nothing_left(job)
+
+
+def test_one_node_job_asking_more_gpus_than_allocated_is_refused(one_node, jobs):
+    check_more_gpus_than_allocated(MULTI_GPU_2_ZERO2, one_node, jobs)
+
+
+@pytest.fixture(scope="module")
+def references():
+    """case name -> run_metrics.json of its uninterrupted resumable() job, made on first use."""
+    return {}
+
+
+# a minute, and the warning as late as SLURM can promise it (it checks about every 30 s)
+TIME_LIMIT = ("--time=1", "--signal=B:USR1@40")
+
+
+def test_one_node_job_scancelled_resumes_when_sbatched_again(one_node, jobs, references):
+    # ZeRO-3 and offload resume through the same train.py: tests/test_stages.py
+    check_resumes(BASELINE, one_node, jobs, references, scancel_then_sbatch_again)
+
+
+def test_one_node_job_at_its_time_limit_saves_requeues_and_resumes(one_node, jobs, references):
+    check_resumes(BASELINE, one_node, jobs, references, time_limit_then_requeue, TIME_LIMIT)
+
+
 # ---------------------------------------------------------------------------------- two nodes
 def test_two_node_job_completes(two_nodes, jobs):
     job = check_completes(MULTI_NODE_2x1_ZERO3, two_nodes, jobs)
@@ -475,3 +638,11 @@ def test_two_node_job_fails_cleanly(two_nodes, jobs):
 
 def test_two_node_job_cancelled_cleanly(two_nodes, jobs):
     check_cancelled(MULTI_NODE_2x1_ZERO3, two_nodes, jobs)
+
+
+def test_two_node_job_asking_more_gpus_than_allocated_is_refused(two_nodes, jobs):
+    check_more_gpus_than_allocated(MULTI_NODE_2x1_ZERO3, two_nodes, jobs)
+
+
+def test_two_node_job_warned_saves_requeues_and_resumes(two_nodes, jobs, references):
+    check_resumes(MULTI_NODE_2x1_ZERO3, two_nodes, jobs, references, warned_by_hand_then_requeue)

@@ -11,13 +11,14 @@ import pytest
 
 from conftest import DEEPSPEED_STAGES, ROOT, STAGES, tiny_args
 
-SHARED_BY_ALL = ["model.py", "data_loader.py", "train.py", "fast_path.py"]
+SHARED_BY_ALL = ["model.py", "data_loader.py", "train.py", "fast_path.py", "answer_quality.py"]
 SHARED_BY_DEEPSPEED = ["config.py", "ds_config.json", "ds_zero1.json", "ds_zero2.json",
                        "ds_zero3.json", "ds_zero2_offload.json", "ds_zero3_offload.json"]
 METRICS_FIELDS = {"complete", "stage", "precision", "world_size", "nodes", "zero_stage",
                   "offload_optimizer", "offload_param", "epochs", "steps_per_epoch", "train_loss",
                   "train_runtime", "train_samples_per_second", "steady_train_samples_per_second",
-                  "eval_samples_per_second", "peak_gpu_memory_allocated_mib", "peak_host_rss_mib"}
+                  "eval_samples_per_second", "peak_gpu_memory_allocated_mib", "peak_host_rss_mib",
+                  "answer_quality"}
 EPOCHS = 2
 
 
@@ -180,6 +181,27 @@ def test_saved_model_reloads_in_a_fresh_process_with_the_logged_eval_loss(runs, 
     assert reloaded == pytest.approx(logged, rel=1e-4)
 
 
+@pytest.mark.parametrize("name", ["baseline", "zero3", "zero3_2ranks"])
+def test_answer_quality_before_and_after_matches_the_answers_and_the_saved_model(runs, tiny, name):
+    """Every rank generates together under ZeRO-3; rank 0 writes the answers. The saved
+    folder, scored on its own by answer_quality.py, gives the same answers."""
+    from answer_quality import squad_scores
+    out, _ = runs(name)
+    quality = metrics_of(runs(name))["answer_quality"]
+    assert quality["before"]["samples"] == quality["after"]["samples"] == 8
+    answers = [json.loads(line) for line in (out / "answers.jsonl").read_text().splitlines()]
+    assert len(answers) == 8
+    em, f = squad_scores([a["answer"] for a in answers], [a["references"] for a in answers])
+    assert (em, f) == (quality["after"]["exact_match"], quality["after"]["f1"])
+    before = [json.loads(line) for line in (out / "answers.jsonl").read_text().splitlines()]
+    proc = subprocess.run([sys.executable, "answer_quality.py", str(out), "--dataset_name_or_path",
+                           str(tiny / "data"), "--eval_samples", "8", "--max_length", "64"],
+                          cwd=ROOT / RUNS[name][0], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    again = [json.loads(line) for line in (out / "answers.jsonl").read_text().splitlines()]
+    assert [a["answer"] for a in again] == [a["answer"] for a in before]
+
+
 @pytest.mark.parametrize("name, reference, tolerance", [
     ("fast_same_order", "baseline", 1e-3), ("zero2_fast_same_order", "zero2", 1e-3),
     ("fast", "baseline", 1e-2)])
@@ -193,3 +215,38 @@ def test_fast_path_gives_the_workshop_loss(runs, name, reference, tolerance):
     for ours, theirs in zip(workshop["epochs"], fast["epochs"]):
         assert theirs["eval_loss"] == pytest.approx(ours["eval_loss"], rel=tolerance)
         assert theirs["train_loss"] == pytest.approx(ours["train_loss"], rel=tolerance)
+
+
+@pytest.mark.parametrize("name", ["baseline", "zero3", "zero3_offload", "zero3_2ranks"])
+def test_stopped_on_request_and_resumed_ends_as_the_uninterrupted_run(runs, tiny, name, tmp_path):
+    """The file the .slurm jobs create on SLURM's warning signal stops training after the
+    current step with a complete checkpoint; run again, train.py resumes from it and ends where
+    the uninterrupted run ends. A checkpoint cut off while being written is skipped, not used,
+    not deleted; the good one it would have followed is left as it was."""
+    stage, ranks, extra = RUNS[name]
+    request = tmp_path / "save-and-stop"
+    request.touch()
+    first = run_stage(stage, tiny, tmp_path, ranks, extra)
+    stopped = metrics_of((tmp_path, first))
+    assert stopped["complete"] is False and stopped["stopped_on_request_at_step"] == 1
+    assert "stopped on request" in first.stdout
+    good = tmp_path / "checkpoint-1"
+    saved = {p: p.read_bytes() for p in good.rglob("*") if p.is_file()}
+    assert good / "trainer_state.json" in saved
+    cut_off = tmp_path / "checkpoint-3"  # as a job killed while writing it leaves it
+    cut_off.mkdir()
+    (cut_off / "model.safetensors").write_bytes(b"\0" * 100)
+    request.unlink()  # the job script removes it before starting train.py
+
+    second = run_stage(stage, tiny, tmp_path, ranks, extra)
+    resumed, uninterrupted = metrics_of((tmp_path, second)), metrics_of(runs(name))
+    assert f"skipping incomplete checkpoint {cut_off}" in second.stdout
+    assert f"resuming from {good} (step 1)" in second.stdout
+    assert resumed["complete"] is True and resumed["stopped_on_request_at_step"] is None
+    assert resumed["answer_quality"] == uninterrupted["answer_quality"]  # "before" kept across
+    assert [e["epoch"] for e in resumed["epochs"]] == list(range(1, EPOCHS + 1))
+    for ours, theirs in zip(uninterrupted["epochs"], resumed["epochs"]):
+        assert theirs["eval_loss"] == pytest.approx(ours["eval_loss"], rel=1e-5)
+        assert theirs["train_loss"] == pytest.approx(ours["train_loss"], rel=1e-5)
+    assert {p: p.read_bytes() for p in good.rglob("*") if p.is_file()} == saved
+    assert [p.name for p in cut_off.iterdir()] == ["model.safetensors"]

@@ -80,6 +80,11 @@ def made(tiny, tmp_path_factory):
         "run baseline-died on gpu01, output in runs/baseline-died\nTraceback (most recent call last):\n"
         '  File "train.py", line 230, in <module>\ntorch.OutOfMemoryError: CUDA out of memory. '
         "Tried to allocate 1.91 GiB. GPU 0 has a total capacity of 79.19 GiB\n")
+    # Stopped on the time limit's warning after step 2 (checkpointed), waiting for its requeue.
+    stopped = root / "baseline" / "runs" / "baseline-stopped"
+    shutil.copytree(root / "baseline" / "runs" / BASELINE / "checkpoint-2", stopped / "checkpoint-2")
+    metrics.update(stopped_on_request_at_step=2)
+    (stopped / "run_metrics.json").write_text(json.dumps(metrics))
     # Started by hand with another --output_dir, model a hub id that is not here (offline).
     by_hand = root / "elsewhere" / "my-run"
     by_hand.mkdir(parents=True)
@@ -183,6 +188,16 @@ def test_markdown_and_plots(made):
         assert (root / "plots" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.parametrize("stage, name", [("baseline", BASELINE), ("deepspeed-single-gpu", ZERO2)])
+def test_answer_quality_before_and_after(made, stage, name):
+    root, _, tables = made
+    ours = row(tables["objective1"], name)
+    quality = json.loads((root / stage / "runs" / name / "run_metrics.json").read_text())["answer_quality"]
+    for when in ("before", "after"):
+        assert number(ours[f"EM {when}"]) == pytest.approx(quality[when]["exact_match"])
+        assert number(ours[f"F1 {when}"]) == pytest.approx(quality[when]["f1"])
+
+
 def test_a_run_that_died_mid_way_says_so_and_reports_what_exists(made):
     root, proc, tables = made
     died = row(tables["objective1"], "baseline-died")
@@ -194,6 +209,15 @@ def test_a_run_that_died_mid_way_says_so_and_reports_what_exists(made):
     note = next(line for line in proc.stdout.splitlines() if line.startswith("- baseline-died: died mid-way"))
     assert "run_metrics.json says complete=false; 1 of 2 epochs evaluated, step 2 of 4 checkpointed" in note
     assert "last error in baseline-died.out: torch.OutOfMemoryError: CUDA out of memory." in note
+
+
+def test_a_run_stopped_on_the_time_limits_warning_says_it_will_resume(made):
+    root, proc, tables = made
+    stopped = row(tables["objective1"], "baseline-stopped")
+    assert stopped["status"] == "stopped to resume" and stopped["epochs"] == "1/2"
+    note = next(line for line in proc.stdout.splitlines() if line.startswith("- baseline-stopped:"))
+    assert ("stopped on request (the time limit's warning) after step 2, checkpointed, to be "
+            "resumed; 1 of 2 epochs evaluated, step 2 of 4 checkpointed") in note
 
 
 def test_a_model_that_cannot_be_found_leaves_the_estimate_blank(made):

@@ -35,7 +35,8 @@ import pandas as pd
 
 COLUMNS = """\
 Objective 1 (one row per run):
-  status             complete; died mid-way (run_metrics.json says complete=false); or why
+  status             complete; stopped to resume (saved on the time limit's warning, requeued);
+                     died mid-way (run_metrics.json says complete=false); or why
                      there is no metrics file (killed, time limit, still running)
   epochs             epochs evaluated, of those planned where trainer_state.json says
   steps/epoch        optimizer steps per epoch
@@ -47,6 +48,9 @@ Objective 1 (one row per run):
   steady samples/s   optimizer steps only, first step excluded (train.py's StepTimer),
                      all GPUs together: the speed to compare configurations by
   eval samples/s     the Trainer's eval_samples_per_second, mean over the epochs
+  EM before, F1 before, EM after, F1 after
+                     SQuAD exact match and F1 (%) of the model's greedy answers to the
+                     validation questions before and after fine-tuning (answer_quality.py)
 Objective 2 (one row per GPU, from nvidia-smi's memory.used, sampled every second):
   node, gpu, name    the host in the CSV's file name, nvidia-smi's index and GPU name
   samples            readings in the CSV
@@ -264,6 +268,10 @@ def status(run):
     error = f"; last error in {run.name}.out: {out['error'][:200]}" if out.get("error") else ""
     if m and m.get("complete"):
         return "complete"
+    if m and m.get("stopped_on_request_at_step"):
+        run.notes.append(f"stopped on request (the time limit's warning) after step "
+                         f"{m['stopped_on_request_at_step']}, checkpointed, to be resumed{where}")
+        return "stopped to resume"
     if m:
         run.notes.append(f"died mid-way: run_metrics.json says complete=false{where}{error}; reporting what exists")
         return "died mid-way"
@@ -341,6 +349,13 @@ def estimate(m, size):
     return gpu / 2**20, cpu / 2**20, basis + (", offload" if offload_opt or offload_param else "")
 
 
+def answer_scores(quality):
+    """EM/F1 before and after training, from run_metrics.json's answer_quality (or blanks)."""
+    quality = quality or {}
+    return {f"{name} {when}": (quality.get(when) or {}).get(key)
+            for when in ("before", "after") for name, key in (("EM", "exact_match"), ("F1", "f1"))}
+
+
 def objective1(runs):
     """Loss and speed: one row per run, the eval losses in one column per epoch."""
     rows = []
@@ -355,7 +370,8 @@ def objective1(runs):
             **{f"eval loss ep{e['epoch']}": e["eval_loss"] for e in r.epochs},
             "train samples/s": m.get("train_samples_per_second", train.get("train_samples_per_second")),
             "steady samples/s": m.get("steady_train_samples_per_second"),
-            "eval samples/s": m.get("eval_samples_per_second") or (sum(evals) / len(evals) if evals else None)})
+            "eval samples/s": m.get("eval_samples_per_second") or (sum(evals) / len(evals) if evals else None),
+            **answer_scores(m.get("answer_quality"))})
     df = pd.DataFrame(rows)
     losses = sorted((c for c in df.columns if c.startswith("eval loss")), key=lambda c: int(c.split("ep")[-1]))
     rest = [c for c in df.columns if c not in losses]
