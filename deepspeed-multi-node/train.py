@@ -209,8 +209,8 @@ def run_metrics(args, training_args, trainer, timer, stop, train_output, started
 
 
 def build_trainer(args, training_args):
-    """The Trainer, its step timer and stop-on-request callback, and the checkpoint to resume
-    from (or None)."""
+    """The Trainer, its step timer and stop-on-request callback, the checkpoint to resume from
+    and the validation questions to answer (None for either when there is none)."""
     set_seed(training_args.seed)  # the same random weights (random_weights) and order every run
     model, tokenizer = load_model(args.model_name_or_path, args.random_weights)
     if args.fast_path:
