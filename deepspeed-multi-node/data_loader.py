@@ -105,7 +105,8 @@ def tokenize(rows, tokenizer, max_length, pad_to_max_length):
 
 
 def build_datasets(args, tokenizer):
-    """Train and eval datasets for the Trainer."""
+    """Train and eval datasets for the Trainer, and the validation rows they came from
+    (the questions answer_quality.py asks)."""
     datasets = {}
     for split, n_rows in (("train", args.train_samples), ("validation", args.eval_samples)):
         rows = load_split(args.dataset_name_or_path, split, n_rows)
@@ -114,4 +115,4 @@ def build_datasets(args, tokenizer):
         if n_truncated:
             print(f"{split}: {n_truncated} of {n_rows} examples are longer than "
                   f"{args.max_length} tokens and were truncated")
-    return datasets["train"], datasets["validation"]
+    return datasets["train"], datasets["validation"], rows

@@ -21,7 +21,7 @@ from transformers import (AutoConfig, DataCollatorForSeq2Seq, Trainer, TrainerCa
 
 from answer_quality import ANSWERS_FILE, answer_quality, write_answers
 from config import parse_args
-from data_loader import build_datasets, load_split
+from data_loader import build_datasets
 from fast_path import enable_fast_path
 from model import load_model, save_model
 
@@ -215,16 +215,15 @@ def build_trainer(args, training_args):
     model, tokenizer = load_model(args.model_name_or_path, args.random_weights)
     if args.fast_path:
         enable_fast_path(model)
-    train_dataset, eval_dataset = build_datasets(args, tokenizer)
+    train_dataset, eval_dataset, validation_rows = build_datasets(args, tokenizer)
     resume_from = (newest_complete_checkpoint(training_args.output_dir, model.config)
                    if Path(training_args.output_dir).is_dir() else None)
     collator = (default_data_collator if args.pad_to_max_length
                 else DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100, pad_to_multiple_of=8))
     timer, stop = StepTimer(), SaveAndStopOnRequest(training_args.output_dir)
     callbacks = [timer, stop]
-    questions = None
+    questions = validation_rows if args.answer_quality else None
     if args.answer_quality:
-        questions = load_split(args.dataset_name_or_path, "validation", args.eval_samples)
         callbacks.append(AnswerQualityBeforeTraining(tokenizer, questions, args.max_length))
     trainer = Trainer(model=model, args=training_args, train_dataset=train_dataset,
                       eval_dataset=eval_dataset, processing_class=tokenizer,

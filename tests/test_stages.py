@@ -11,6 +11,9 @@ import pytest
 
 from conftest import DEEPSPEED_STAGES, ROOT, STAGES, tiny_args
 
+sys.path.insert(0, str(ROOT / "baseline"))
+from answer_quality import squad_scores  # noqa: E402
+
 SHARED_BY_ALL = ["model.py", "data_loader.py", "train.py", "fast_path.py", "answer_quality.py"]
 SHARED_BY_DEEPSPEED = ["config.py", "ds_config.json", "ds_zero1.json", "ds_zero2.json",
                        "ds_zero3.json", "ds_zero2_offload.json", "ds_zero3_offload.json"]
@@ -162,7 +165,7 @@ out, model_dir, data = sys.argv[1:4]
 model, tokenizer = load_model(model_dir)
 args = WorkshopArguments(model_name_or_path=model_dir, dataset_name_or_path=data,
                          train_samples=32, eval_samples=8, max_length=64)
-_, eval_dataset = build_datasets(args, tokenizer)
+_, eval_dataset, _ = build_datasets(args, tokenizer)
 trainer = Trainer(model=model, args=TrainingArguments(out, use_cpu=True, report_to="none",
                   per_device_eval_batch_size=4), eval_dataset=eval_dataset,
                   data_collator=default_data_collator)
@@ -185,7 +188,6 @@ def test_saved_model_reloads_in_a_fresh_process_with_the_logged_eval_loss(runs, 
 def test_answer_quality_before_and_after_matches_the_answers_and_the_saved_model(runs, tiny, name):
     """Every rank generates together under ZeRO-3; rank 0 writes the answers. The saved
     folder, scored on its own by answer_quality.py, gives the same answers."""
-    from answer_quality import squad_scores
     out, _ = runs(name)
     quality = metrics_of(runs(name))["answer_quality"]
     assert quality["before"]["samples"] == quality["after"]["samples"] == 8
@@ -193,13 +195,12 @@ def test_answer_quality_before_and_after_matches_the_answers_and_the_saved_model
     assert len(answers) == 8
     em, f = squad_scores([a["answer"] for a in answers], [a["references"] for a in answers])
     assert (em, f) == (quality["after"]["exact_match"], quality["after"]["f1"])
-    before = [json.loads(line) for line in (out / "answers.jsonl").read_text().splitlines()]
     proc = subprocess.run([sys.executable, "answer_quality.py", str(out), "--dataset_name_or_path",
                            str(tiny / "data"), "--eval_samples", "8", "--max_length", "64"],
                           cwd=ROOT / RUNS[name][0], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     again = [json.loads(line) for line in (out / "answers.jsonl").read_text().splitlines()]
-    assert [a["answer"] for a in again] == [a["answer"] for a in before]
+    assert [a["answer"] for a in again] == [a["answer"] for a in answers]
 
 
 @pytest.mark.parametrize("name, reference, tolerance", [
