@@ -15,6 +15,18 @@ os.environ.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALL
                   PYTHONUNBUFFERED="1")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def remove_deepspeed_shared_memory():
+    """DeepSpeed on CPU leaves a 66 MB all-reduce buffer in /dev/shm for every rank of every run
+    (deepspeed_allreduce_buffer_*); a day of test runs filled a 24 GB machine's memory. The
+    session removes the ones it made."""
+    shm = Path("/dev/shm")
+    before = set(shm.glob("deepspeed_allreduce_buffer_*"))
+    yield
+    for buffer in set(shm.glob("deepspeed_allreduce_buffer_*")) - before:
+        buffer.unlink(missing_ok=True)
+
+
 @pytest.fixture(scope="session")
 def tiny(tmp_path_factory):
     """Folder with model/ (tiny BLOOM + tokenizer) and data/ (train/validation JSONL)."""
