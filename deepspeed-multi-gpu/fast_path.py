@@ -12,6 +12,12 @@ change which tensors are materialised, not the result:
   and upcasts those logits to fp32: the largest tensors of the step. The chunked loss projects
   only the positions that have a label, `chunk_size` of them at a time, and recomputes a
   chunk's logits in the backward rather than keeping them: one chunk's logits at a time.
+* Compiled blocks (`compile_blocks`, on a GPU). A training step of bloom-560m launches about
+  3,000 kernels, half of the GPU's time in small elementwise ones (BLOOM's tanh GELU, casts,
+  dropout-adds), and the GPU waits for Python to launch them. torch.compile fuses each
+  transformer block's kernels and CUDA graphs replay them with one launch per block; the loss
+  is compiled too (cast, log-softmax and pick fused), in one piece whose logits are kept
+  instead of recomputed. Fusion rounds differently, so this one is close to stock, not equal.
 
 Only methods of model instances are replaced (types.MethodType), never a parameter nor a
 class, so it works on a model whose weights ZeRO-3 has partitioned, and `save_pretrained`
@@ -23,7 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 from transformers.modeling_outputs import CausalLMOutputWithCrossAttentions
-from transformers.models.bloom.modeling_bloom import BloomAttention, BloomForCausalLM, dropout_add
+from transformers.models.bloom.modeling_bloom import (BloomAttention, BloomBlock, BloomForCausalLM,
+                                                      dropout_add)
 
 IGNORE_INDEX = -100  # label of positions without a loss, as in transformers
 
@@ -67,14 +74,20 @@ def _chunk_loss_sum(lm_head, hidden, targets):
     return F.cross_entropy(lm_head(hidden).float(), targets, reduction="sum")
 
 
+def _recomputed_chunk_loss_sum(lm_head, hidden, targets):
+    """_chunk_loss_sum whose backward recomputes the chunk's logits instead of keeping them."""
+    return checkpoint(_chunk_loss_sum, lm_head, hidden, targets, use_reentrant=False)
+
+
 def chunked_causal_lm_loss(hidden_states, lm_head, labels, num_items_in_batch=None,
-                           shift_labels=None, chunk_size=1024):
+                           shift_labels=None, chunk_size=1024,
+                           chunk_loss_sum=_recomputed_chunk_loss_sum):
     """transformers' ForCausalLMLoss(lm_head(hidden_states), labels), computed by chunks.
 
     Position t predicts labels[t + 1] (or shift_labels[t]); positions whose target is -100
-    are dropped before the projection. Each chunk's cross-entropy is summed in fp32 like stock's
-    upcast logits, under activation checkpointing: the backward recomputes the chunk's logits
-    instead of keeping them. The sum is divided by the number of targets, or by
+    are dropped before the projection (chunk_size None: all positions in one chunk, none dropped). Each chunk's cross-entropy is summed in fp32 like stock's
+    upcast logits, by `chunk_loss_sum` (by default under activation checkpointing: the backward
+    recomputes the chunk's logits instead of keeping them). The sum is divided by the number of targets, or by
     `num_items_in_batch` when the Trainer passes it (labels counted over every micro-batch of
     an optimizer step, so that gradient accumulation averages over all of them).
     """
@@ -82,12 +95,15 @@ def chunked_causal_lm_loss(hidden_states, lm_head, labels, num_items_in_batch=No
         shift_labels = F.pad(labels, (0, 1), value=IGNORE_INDEX)[..., 1:]
     shift_labels = shift_labels.to(hidden_states.device)
     keep = shift_labels != IGNORE_INDEX
-    hidden, targets = hidden_states[keep], shift_labels[keep]
-    # At least one (maybe empty) chunk: a micro-batch without targets still returns a loss that
-    # the backward can go through, as stock does (0 with num_items_in_batch, else nan).
-    loss = sum(checkpoint(_chunk_loss_sum, lm_head, hidden[i:i + chunk_size],
-                          targets[i:i + chunk_size], use_reentrant=False)
-               for i in range(0, max(len(targets), 1), chunk_size))
+    if chunk_size is None:  # one chunk of every position, padding included (cross_entropy
+        # skips -100 targets): no boolean indexing, whose size the CPU must wait for the GPU to know
+        loss = chunk_loss_sum(lm_head, hidden_states.flatten(0, -2), shift_labels.flatten())
+    else:
+        hidden, targets = hidden_states[keep], shift_labels[keep]
+        # At least one (maybe empty) chunk: a micro-batch without targets still returns a loss
+        # that the backward can go through, as stock does (0 with num_items_in_batch, else nan).
+        loss = sum(chunk_loss_sum(lm_head, hidden[i:i + chunk_size], targets[i:i + chunk_size])
+                   for i in range(0, max(len(targets), 1), chunk_size))
     if num_items_in_batch is None:
         return loss / keep.sum()
     if torch.is_tensor(num_items_in_batch):
@@ -107,13 +123,13 @@ def _forward_with_chunked_loss(self, input_ids=None, past_key_values=None, atten
             attention_mask=attention_mask, inputs_embeds=inputs_embeds, use_cache=use_cache,
             output_attentions=output_attentions, output_hidden_states=output_hidden_states,
             return_dict=return_dict, logits_to_keep=logits_to_keep, **kwargs)
-    outputs = self.transformer(
+    outputs = self.transformer(  # no key/value cache unless asked for: a loss needs none
         input_ids, past_key_values=past_key_values, attention_mask=attention_mask,
-        inputs_embeds=inputs_embeds, use_cache=use_cache, output_attentions=output_attentions,
+        inputs_embeds=inputs_embeds, use_cache=bool(use_cache), output_attentions=output_attentions,
         output_hidden_states=output_hidden_states, return_dict=True)
     loss = chunked_causal_lm_loss(outputs.last_hidden_state, self.lm_head, labels,
                                   kwargs.get("num_items_in_batch"), kwargs.get("shift_labels"),
-                                  self.loss_chunk_size)
+                                  self.loss_chunk_size, self.chunk_loss_sum)
     output = CausalLMOutputWithCrossAttentions(
         loss=loss, past_key_values=outputs.past_key_values,
         hidden_states=outputs.hidden_states, attentions=outputs.attentions)
@@ -129,10 +145,45 @@ def use_chunked_loss(model, chunk_size=1024):
     launches fewer and bigger matrix products.
     """
     model.loss_chunk_size = chunk_size
+    model.chunk_loss_sum = _recomputed_chunk_loss_sum
     model.forward = types.MethodType(_forward_with_chunked_loss, model)
     return model
 
 
-def enable_fast_path(model, chunk_size=1024):
-    """SDPA attention and the chunked loss on a BloomForCausalLM; returns `model`."""
-    return use_chunked_loss(use_sdpa_attention(model), chunk_size)
+# One compiled BloomBlock.forward for every block: dynamo treats a block's weights as inputs, so
+# the 24 blocks share one graph per input shape. CUDA graphs ("reduce-overhead") are recorded
+# per shape (dynamic=False), which is why train.py pads lengths to a multiple of 64.
+_compiled_block_forward = torch.compile(BloomBlock.forward, mode="reduce-overhead", dynamic=False)
+
+
+def compile_blocks(model):
+    """Run every BloomBlock's training forward, and the chunked loss, compiled; returns `model`.
+
+    Only training (module in train mode, gradients on) takes the compiled path: evaluation
+    and generation stay eager, since generating changes the shape at every token. Each new
+    input shape compiles once (seconds), so a run's first steps are slower.
+    """
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 16)  # 8
+    # lengths x (full batch, last smaller batch); above the limit dynamo would fall back to eager
+    for block in model.modules():
+        if isinstance(block, BloomBlock):
+            block.forward = types.MethodType(_block_forward_compiled_in_training, block)
+    # The loss in one compiled piece over every position (16 x 512 at most): once the GPU runs
+    # faster than Python launches its kernels, waiting for the GPU to count the labelled
+    # positions costs more than projecting the padding too (~20% of positions when grouped).
+    model.loss_chunk_size = None
+    model.chunk_loss_sum = torch.compile(_chunk_loss_sum, dynamic=True)  # lengths vary
+    return model
+
+
+def _block_forward_compiled_in_training(self, *args, **kwargs):
+    if self.training and torch.is_grad_enabled():
+        return _compiled_block_forward(self, *args, **kwargs)
+    return BloomBlock.forward(self, *args, **kwargs)
+
+
+def enable_fast_path(model, chunk_size=1024, compiled=False):
+    """SDPA attention and the chunked loss on a BloomForCausalLM, with its blocks and loss
+    compiled if `compiled`; returns `model`."""
+    model = use_chunked_loss(use_sdpa_attention(model), chunk_size)
+    return compile_blocks(model) if compiled else model

@@ -23,6 +23,8 @@ class WorkshopArguments:
     max_length: int = 512  # BLOOM's prompts here average ~220 tokens; longer ones are cut
     pad_to_max_length: bool = True  # every sequence padded to max_length, as the workshop does
     fast_path: bool = False  # the settings of FAST_PATH below, for those not given explicitly
+    compile_blocks: bool = False  # with fast_path: torch.compile + CUDA graphs per BLOOM block
+    # (fast_path.py); fast_path turns it on where there is a CUDA GPU, no ZeRO-3, no accumulation
     answer_quality: bool = True  # greedy answers to the validation questions, before and after
     # training: SQuAD exact match and F1 (answer_quality.py), a few seconds on a GPU
 
@@ -58,7 +60,10 @@ KNOWN_ZERO_STAGES = (0, 1, 2, 3)
 
 
 def check_deepspeed_config(path):
-    """Refuse a DeepSpeed config that is missing, not JSON or names an unknown ZeRO stage."""
+    """The ZeRO stage a DeepSpeed config asks for (None without a config); refuses a config
+    that is missing, not JSON or names an unknown ZeRO stage."""
+    if not path:
+        return None
     if not Path(path).is_file():
         raise ValueError(f"DeepSpeed config {path} does not exist")
     try:
@@ -69,6 +74,7 @@ def check_deepspeed_config(path):
     if stage not in KNOWN_ZERO_STAGES:
         raise ValueError(f"DeepSpeed config {path}: zero_optimization.stage is {stage!r}; "
                          f"ZeRO stages are {', '.join(map(str, KNOWN_ZERO_STAGES))}")
+    return stage
 
 
 def check_device(asked):
@@ -95,16 +101,27 @@ def parse_args(argv=None):
     parser.set_defaults(**TRAINING_DEFAULTS)
     asked = parser.parse_args(argv)
     given = {a.split("=")[0] for a in (sys.argv[1:] if argv is None else argv) if a.startswith("--")}
+    stage = check_deepspeed_config(asked.deepspeed)
     if asked.fast_path:
         for key, value in FAST_PATH.items():
             if f"--{key}" not in given:
                 setattr(asked, key, value)
         if torch.cuda.is_available() and torch.cuda.is_bf16_supported() and "--fp16" not in given:
             asked.bf16 = True  # bf16: fp16's speed without loss scaling, where the GPU has it
+        if torch.cuda.is_available() and "--compile_blocks" not in given:  # CUDA graphs
+            asked.compile_blocks = stage != 3 and asked.gradient_accumulation_steps == 1  # below
+    if asked.compile_blocks and not asked.fast_path:
+        raise ValueError("--compile_blocks True compiles the fast path: add --fast_path True")
+    if asked.compile_blocks and stage == 3:  # not made to work: ZeRO-3's hooks gather each
+        # layer's partitioned weights around its forward, inside what would be compiled
+        raise ValueError("--compile_blocks True is not supported with ZeRO-3 here: "
+                         "use --compile_blocks False")
+    if asked.compile_blocks and asked.gradient_accumulation_steps > 1:  # on an H100, the CUDA
+        # graphs' replay of a later micro-batch overwrote what an earlier one's backward needed
+        raise ValueError("--compile_blocks True needs --gradient_accumulation_steps 1: its CUDA "
+                         "graphs reuse their memory for every micro-batch")
     if asked.bf16 and "--fp16" not in given:
         asked.fp16 = False  # asking for bf16 replaces the default fp16
-    if asked.deepspeed:
-        check_deepspeed_config(asked.deepspeed)
     check_device(asked)
     workshop_args, training_args = (
         cls(**{f.name: getattr(asked, f.name) for f in fields(cls) if f.init})

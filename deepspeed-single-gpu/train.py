@@ -33,23 +33,38 @@ ARCHITECTURE_KEYS = ("model_type", "vocab_size", "hidden_size", "n_layer", "n_he
 
 
 class StepTimer(TrainerCallback):
-    """Time spent in optimizer steps only (no evaluation, no checkpoint saving, no first step).
+    """Time spent in optimizer steps only (no evaluation, no checkpoint saving, no first step,
+    no step that compiled something).
 
     The Trainer's train_samples_per_second divides by the whole run, evaluation, saving and
     start-up included; this is the speed of training itself, for comparing configurations.
+    With compiled blocks a new input shape is compiled in one step and its CUDA graphs are
+    recorded in the next step of that shape (seconds, once per run): those steps are counted
+    apart, in compiling_steps and compiling_seconds.
     """
 
     def __init__(self):
         self.seconds, self.steps = 0.0, 0
+        self.compiling_seconds, self.compiling_steps = 0.0, 0
+
+    @staticmethod
+    def compiler_events():
+        """How many compiler stages have run (torch.compile records each one it times, CUDA
+        graph recording included)."""
+        return sum(map(len, torch._dynamo.utils.compilation_time_metrics.values()))
 
     def on_step_begin(self, args, state, control, **kwargs):
-        self.started = time.perf_counter()
+        self.started, self.compiler_events_before = time.perf_counter(), self.compiler_events()
 
     def on_step_end(self, args, state, control, **kwargs):
         if torch.cuda.is_available():
             torch.cuda.synchronize()
-        if state.global_step > 1:  # the first step pays for start-up (allocations, kernels)
-            self.seconds += time.perf_counter() - self.started
+        seconds = time.perf_counter() - self.started
+        if self.compiler_events() != self.compiler_events_before:
+            self.compiling_seconds += seconds
+            self.compiling_steps += 1
+        elif state.global_step > 1:  # the first step pays for start-up (allocations, kernels)
+            self.seconds += seconds
             self.steps += 1
 
 
@@ -183,6 +198,7 @@ def run_metrics(args, training_args, trainer, timer, stop, train_output, started
         train_samples=args.train_samples, eval_samples=args.eval_samples,
         max_length=args.max_length, pad_to_max_length=args.pad_to_max_length,
         fast_path=args.fast_path,
+        compile_blocks=args.compile_blocks,
         precision="bf16" if training_args.bf16 else "fp16" if training_args.fp16 else "fp32",
         per_device_train_batch_size=training_args.per_device_train_batch_size,
         gradient_accumulation_steps=training_args.gradient_accumulation_steps,
@@ -198,6 +214,8 @@ def run_metrics(args, training_args, trainer, timer, stop, train_output, started
         train_samples_per_second=train.get("train_samples_per_second"),
         steady_train_samples_per_second=(timer.steps * samples_per_step / timer.seconds
                                          if timer.seconds else None),
+        compiling_steps=timer.compiling_steps,  # not in the steady speed: compiling or recording
+        compiling_seconds=timer.compiling_seconds,
         eval_samples_per_second=(sum(e["eval_samples_per_second"] for e in epochs) / len(epochs)
                                  if epochs else None),
         answer_quality=dict(before=before, after=answers_after) if args.answer_quality else None,
@@ -214,12 +232,15 @@ def build_trainer(args, training_args):
     set_seed(training_args.seed)  # the same random weights (random_weights) and order every run
     model, tokenizer = load_model(args.model_name_or_path, args.random_weights)
     if args.fast_path:
-        enable_fast_path(model)
+        enable_fast_path(model, compiled=args.compile_blocks)
     train_dataset, eval_dataset, validation_rows = build_datasets(args, tokenizer)
     resume_from = (newest_complete_checkpoint(training_args.output_dir, model.config)
                    if Path(training_args.output_dir).is_dir() else None)
+    # Lengths rounded up to a multiple of 8 suit the GPU's matrix units; compiled blocks record a
+    # CUDA graph per length, so there they are rounded to 64: at most 8 lengths up to 512.
     collator = (default_data_collator if args.pad_to_max_length
-                else DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100, pad_to_multiple_of=8))
+                else DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100,
+                                            pad_to_multiple_of=64 if args.compile_blocks else 8))
     timer, stop = StepTimer(), SaveAndStopOnRequest(training_args.output_dir)
     callbacks = [timer, stop]
     questions = validation_rows if args.answer_quality else None

@@ -110,6 +110,17 @@ def test_bad_deepspeed_config(tiny, tmp_path, content, words):
     assert_refused(train("deepspeed-single-gpu", tiny, tmp_path, "--deepspeed", str(path)), *words)
 
 
+@pytest.mark.parametrize("extra, words", [
+    (["--compile_blocks", "True"], ["--compile_blocks", "--fast_path True"]),
+    (["--fast_path", "True", "--compile_blocks", "True", "--deepspeed", "ds_zero3.json"],
+     ["--compile_blocks", "ZeRO-3"]),
+    (["--fast_path", "True", "--compile_blocks", "True", "--gradient_accumulation_steps", "4"],
+     ["--compile_blocks", "--gradient_accumulation_steps 1"]),
+])
+def test_compile_blocks_where_it_does_not_apply(tiny, tmp_path, extra, words):
+    assert_refused(train("deepspeed-single-gpu", tiny, tmp_path, *extra), *words)
+
+
 def test_deepspeed_config_contradicting_the_trainer(tiny, tmp_path):
     config = json.loads((ROOT / "deepspeed-single-gpu" / "ds_zero2.json").read_text())
     config["gradient_clipping"] = 0.5  # the Trainer's max_grad_norm is 1.0
