@@ -85,11 +85,12 @@ def chunked_causal_lm_loss(hidden_states, lm_head, labels, num_items_in_batch=No
     """transformers' ForCausalLMLoss(lm_head(hidden_states), labels), computed by chunks.
 
     Position t predicts labels[t + 1] (or shift_labels[t]); positions whose target is -100
-    are dropped before the projection (chunk_size None: all positions in one chunk, none dropped). Each chunk's cross-entropy is summed in fp32 like stock's
-    upcast logits, by `chunk_loss_sum` (by default under activation checkpointing: the backward
-    recomputes the chunk's logits instead of keeping them). The sum is divided by the number of targets, or by
-    `num_items_in_batch` when the Trainer passes it (labels counted over every micro-batch of
-    an optimizer step, so that gradient accumulation averages over all of them).
+    are dropped before the projection (chunk_size None: every position in one chunk, none
+    dropped). Each chunk's cross-entropy is summed in fp32 like stock's upcast logits, by
+    `chunk_loss_sum` (by default under activation checkpointing: the backward recomputes the
+    chunk's logits instead of keeping them). The sum is divided by the number of targets, or
+    by `num_items_in_batch` when the Trainer passes it (labels counted over every micro-batch
+    of an optimizer step, so that gradient accumulation averages over all of them).
     """
     if shift_labels is None:
         shift_labels = F.pad(labels, (0, 1), value=IGNORE_INDEX)[..., 1:]
