@@ -77,6 +77,18 @@ def check_deepspeed_config(path):
     return stage
 
 
+def compile_blocks_refusal(stage, gradient_accumulation_steps):
+    """Why --compile_blocks cannot run with this ZeRO stage and accumulation, or None."""
+    if stage == 3:  # not made to work: ZeRO-3's hooks gather each layer's partitioned
+        # weights around its forward, inside what would be compiled
+        return "--compile_blocks True is not supported with ZeRO-3 here: use --compile_blocks False"
+    if gradient_accumulation_steps > 1:  # on an H100, the CUDA graphs' replay of a later
+        # micro-batch overwrote what an earlier one's backward needed
+        return ("--compile_blocks True needs --gradient_accumulation_steps 1: its CUDA graphs "
+                "reuse their memory for every micro-batch")
+    return None
+
+
 def check_device(asked):
     """Adapt a run to a machine without a CUDA GPU; refuse fp16 on a GPU without fp16."""
     if not torch.cuda.is_available():
@@ -108,18 +120,13 @@ def parse_args(argv=None):
                 setattr(asked, key, value)
         if torch.cuda.is_available() and torch.cuda.is_bf16_supported() and "--fp16" not in given:
             asked.bf16 = True  # bf16: fp16's speed without loss scaling, where the GPU has it
-        if torch.cuda.is_available() and "--compile_blocks" not in given:  # CUDA graphs
-            asked.compile_blocks = stage != 3 and asked.gradient_accumulation_steps == 1  # below
+    refusal = compile_blocks_refusal(stage, asked.gradient_accumulation_steps)
+    if asked.fast_path and torch.cuda.is_available() and "--compile_blocks" not in given:
+        asked.compile_blocks = refusal is None  # CUDA graphs need a CUDA GPU
     if asked.compile_blocks and not asked.fast_path:
         raise ValueError("--compile_blocks True compiles the fast path: add --fast_path True")
-    if asked.compile_blocks and stage == 3:  # not made to work: ZeRO-3's hooks gather each
-        # layer's partitioned weights around its forward, inside what would be compiled
-        raise ValueError("--compile_blocks True is not supported with ZeRO-3 here: "
-                         "use --compile_blocks False")
-    if asked.compile_blocks and asked.gradient_accumulation_steps > 1:  # on an H100, the CUDA
-        # graphs' replay of a later micro-batch overwrote what an earlier one's backward needed
-        raise ValueError("--compile_blocks True needs --gradient_accumulation_steps 1: its CUDA "
-                         "graphs reuse their memory for every micro-batch")
+    if asked.compile_blocks and refusal:
+        raise ValueError(refusal)
     if asked.bf16 and "--fp16" not in given:
         asked.fp16 = False  # asking for bf16 replaces the default fp16
     check_device(asked)
