@@ -5,21 +5,17 @@ a validation file: JSON lines or a JSON list in the hub's row format, or the ori
 nested SQuAD JSON (`train-v1.1.json`, `dev-v1.1.json`).
 """
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 from datasets import Dataset, load_dataset
 from huggingface_hub import is_offline_mode
 
+from config import not_here
+
 # Local file names tried for each split, in order.
 SPLIT_FILES = {"train": ["train.jsonl", "train.json", "train-v1.1.json"],
                "validation": ["validation.jsonl", "validation.json", "dev-v1.1.json"]}
-
-
-def not_here(name, what):
-    """Why a hub id cannot be loaded on a compute node without internet, and what to do."""
-    return (f"{name} is not on this machine and the hub is off (HF_HUB_OFFLINE=1, as the jobs "
-            f"set it): run `python tools/prepare.py --{what}_name_or_path {name}` once on a "
-            f"machine with internet (the login node), then submit again")
 
 
 def prompt(row):
@@ -63,15 +59,14 @@ def check_rows(rows, source):
 
 
 def load_split(name_or_path, split, n_rows=None):
-    """The first n_rows of a split (all of them for None), checked."""
+    """The first n_rows of a split (all of them for None), checked. A local folder holds a
+    file per split; anything else is a hub id (config.check_sources tells them apart)."""
     folder = Path(name_or_path).expanduser()
     if folder.is_dir():
         files = [folder / f for f in SPLIT_FILES[split] if (folder / f).is_file()]
         if not files:
             raise ValueError(f"{folder} has no {split} file (looked for {', '.join(SPLIT_FILES[split])})")
         source, rows = files[0], read_rows(files[0])
-    elif name_or_path.startswith((".", "/", "~")) or folder.suffix in (".json", ".jsonl"):
-        raise ValueError(f"dataset folder {name_or_path} does not exist")
     else:
         source = f"{name_or_path}[{split}]"
         try:
@@ -86,33 +81,58 @@ def load_split(name_or_path, split, n_rows=None):
     return rows
 
 
+def fitted_ids(tokenizer, row, max_length, answer=None):
+    """Token ids of the row's prompt (and ` answer</s>`), at most max_length long: a text that
+    is too long loses the end of its context, never its question or its answer (cutting the
+    end of the text would train on rows without their answer). Returns (ids, shortened)."""
+    ending = f" {answer}{tokenizer.eos_token}" if answer is not None else ""
+    ids = tokenizer(prompt(row) + ending, add_special_tokens=False)["input_ids"]
+    if len(ids) <= max_length:
+        return ids, False
+    context = tokenizer(row["context"], add_special_tokens=False)["input_ids"]
+    keep = len(context) - (len(ids) - max_length)
+    while keep > 0:  # token boundaries move a little when the text is tokenized again
+        shorter = dict(row, context=tokenizer.decode(context[:keep]))
+        ids = tokenizer(prompt(shorter) + ending, add_special_tokens=False)["input_ids"]
+        if len(ids) <= max_length:
+            return ids, True
+        keep -= len(ids) - max_length
+    raise ValueError(f"--max_length {max_length} is too short: question {row['question']!r} and "
+                     f"its answer alone take more tokens; raise --max_length")
+
+
 def tokenize(rows, tokenizer, max_length, pad_to_max_length):
-    """Input ids, attention mask and labels for each row; returns (Dataset, n_truncated).
+    """Input ids, attention mask and labels for each row; returns (Dataset, contexts shortened).
 
     Labels are the input ids (the model learns to continue the text) with padding set to
     -100, the index the loss ignores: otherwise the model is also trained to predict pad
     after pad, which dilutes the loss with easy tokens and teaches nothing.
     """
-    texts = [f"{prompt(row)} {row['answers']['text'][0]}{tokenizer.eos_token}" for row in rows]
-    ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
-    n_truncated = sum(len(x) > max_length for x in ids)
-    batch = tokenizer.pad({"input_ids": [x[:max_length] for x in ids]},
+    fitted = [fitted_ids(tokenizer, row, max_length, row["answers"]["text"][0]) for row in rows]
+    batch = tokenizer.pad({"input_ids": [ids for ids, _ in fitted]},
                           padding="max_length" if pad_to_max_length else False,
                           max_length=max_length)
     batch["labels"] = [[t if m else -100 for t, m in zip(ids_, mask)]
                        for ids_, mask in zip(batch["input_ids"], batch["attention_mask"])]
-    return Dataset.from_dict(dict(batch)), n_truncated
+    return Dataset.from_dict(dict(batch)), sum(shortened for _, shortened in fitted)
+
+
+@dataclass
+class Datasets:
+    train: Dataset
+    validation: Dataset
+    questions: list  # the validation rows, which answer_quality.py asks
+    shortened: dict  # split -> how many contexts were cut to fit max_length
 
 
 def build_datasets(args, tokenizer):
-    """Train and eval datasets for the Trainer, and the validation rows they came from
-    (the questions answer_quality.py asks)."""
-    datasets = {}
+    """Train and validation datasets for the Trainer, and the validation rows they came from."""
+    made, shortened, rows = {}, {}, None
     for split, n_rows in (("train", args.train_samples), ("validation", args.eval_samples)):
         rows = load_split(args.dataset_name_or_path, split, n_rows)
-        datasets[split], n_truncated = tokenize(rows, tokenizer, args.max_length,
-                                                args.pad_to_max_length)
-        if n_truncated:
-            print(f"{split}: {n_truncated} of {n_rows} examples are longer than "
-                  f"{args.max_length} tokens and were truncated")
-    return datasets["train"], datasets["validation"], rows
+        made[split], shortened[split] = tokenize(rows, tokenizer, args.max_length,
+                                                 args.pad_to_max_length)
+        if shortened[split]:
+            print(f"{split}: {shortened[split]} of {n_rows} contexts were shortened to fit "
+                  f"--max_length {args.max_length} (question and answer kept whole)")
+    return Datasets(made["train"], made["validation"], rows, shortened)

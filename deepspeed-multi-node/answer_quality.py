@@ -1,6 +1,6 @@
 """Did the model learn to answer? SQuAD exact match and F1 of its greedy answers.
 
-    python answer_quality.py runs/baseline-1234     # a saved model folder, on its own
+    python answer_quality.py runs/baseline-1234     # a run's saved model, scored again
 
 Eval loss alone does not say it: on 500 examples it rises every epoch while the answers can
 still improve. The model continues `Question: ... Context: ... Answer:` greedily; its answer
@@ -15,16 +15,17 @@ import json
 import re
 import string
 import sys
-from dataclasses import fields
 from pathlib import Path
 
 import torch
+from transformers import TrainerCallback
 
-from config import WorkshopArguments
-from data_loader import load_split, prompt
+from data_loader import fitted_ids, load_split
 
 MAX_ANSWER_TOKENS = 32  # SQuAD answers are short: 95% have fewer than 15 words
+PROMPT_TOKENS_PER_BATCH = 16384  # 32 prompts of 512 tokens: one or two batches of questions
 ANSWERS_FILE = "answers.jsonl"
+RESCORED_FILE = "answers-rescored.jsonl"  # answer_quality.py on its own: the run's file stays
 
 
 def normalize_answer(text):
@@ -56,20 +57,22 @@ def squad_scores(predictions, references):
 
 
 @torch.no_grad()
-def generate_answers(model, tokenizer, rows, max_length, device, batch_size=8):
-    """Greedy answers to the rows' prompts. Prompts longer than max_length minus the answer's
-    room (at least half of max_length) lose their start. Under ZeRO-3 with several ranks every rank must call this at once:
-    each layer is gathered from all of them (generate() sees it and keeps them in step)."""
-    was_training, sides = model.training, (tokenizer.padding_side, tokenizer.truncation_side)
+def generate_answers(model, tokenizer, rows, max_length, device):
+    """Greedy answers to the rows' prompts. A prompt longer than max_length minus the answer's
+    room (at least half of max_length) loses the end of its context, as in training. Under
+    ZeRO-3 with several ranks every rank must call this at once: each layer is gathered from
+    all of them (generate() sees it and keeps them in step)."""
+    was_training, side = model.training, tokenizer.padding_side
     model.eval()
-    tokenizer.padding_side = tokenizer.truncation_side = "left"  # the answer follows the prompt
+    tokenizer.padding_side = "left"  # the answer follows the prompt
+    room = max(max_length - MAX_ANSWER_TOKENS, max_length // 2)
+    prompts = [fitted_ids(tokenizer, row, room)[0] for row in rows]
+    batch_size = max(1, PROMPT_TOKENS_PER_BATCH // max_length)
     answers = []
     try:
         for start in range(0, len(rows), batch_size):
-            batch = tokenizer([prompt(row) for row in rows[start:start + batch_size]],
-                              return_tensors="pt", padding=True, truncation=True,
-                              max_length=max(max_length - MAX_ANSWER_TOKENS, max_length // 2),
-                              add_special_tokens=False).to(device)
+            batch = tokenizer.pad({"input_ids": prompts[start:start + batch_size]},
+                                  return_tensors="pt").to(device)
             out = model.generate(**batch, max_new_tokens=MAX_ANSWER_TOKENS, do_sample=False,
                                  pad_token_id=tokenizer.pad_token_id,
                                  eos_token_id=tokenizer.eos_token_id)
@@ -77,7 +80,7 @@ def generate_answers(model, tokenizer, rows, max_length, device, batch_size=8):
             answers += [text.strip().split("\n")[0].strip() for text in texts]
     finally:
         model.train(was_training)
-        tokenizer.padding_side, tokenizer.truncation_side = sides
+        tokenizer.padding_side = side
     return answers
 
 
@@ -88,34 +91,59 @@ def answer_quality(model, tokenizer, rows, max_length, device):
     return dict(exact_match=em, f1=f, samples=len(rows)), answers
 
 
-def write_answers(path, rows, answers):
+def write_answers(folder, rows, answers, name=ANSWERS_FILE):
     """One JSON line per question: what the model answered, and the references."""
-    with open(path, "w", encoding="utf-8") as file:
+    with open(Path(folder) / name, "w", encoding="utf-8") as file:
         for row, answer in zip(rows, answers):
             file.write(json.dumps(dict(id=row.get("id"), question=row["question"], answer=answer,
                                        references=row["answers"]["text"]), ensure_ascii=False) + "\n")
 
 
+class AnswerQualityBeforeTraining(TrainerCallback):
+    """SQuAD EM/F1 of the model as it starts (not when resuming), kept in the Trainer's log
+    history so that a resumed run still has it. It runs once DeepSpeed has set the model up:
+    under ZeRO-3 only then can the partitioned layers be gathered to generate."""
+
+    def __init__(self, tokenizer, rows, max_length, clock):
+        self.tokenizer, self.rows, self.max_length, self.clock = tokenizer, rows, max_length, clock
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        if state.global_step == 0:
+            with self.clock.timing("answer_generation"):
+                scores, _ = answer_quality(model, self.tokenizer, self.rows, self.max_length, args.device)
+            state.log_history.append(dict(answer_quality_before=scores, step=0))
+
+
 def main():
-    defaults = {f.name: f.default for f in fields(WorkshopArguments)}
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("model_dir", help="a saved model folder (train.py's output folder)")
-    for name in ("dataset_name_or_path", "eval_samples", "max_length"):
-        parser.add_argument(f"--{name}", type=type(defaults[name]), default=defaults[name])
+    parser.add_argument("run", type=Path, help="a run's output folder (train.py's --output_dir)")
+    parser.add_argument("--dataset_name_or_path", help="default: the run's (run_metrics.json)")
+    parser.add_argument("--eval_samples", type=int, help="default: the run's")
+    parser.add_argument("--max_length", type=int, help="default: the run's")
     args = parser.parse_args()
     from model import load_model  # here: --help stays quick
     try:
-        if not (Path(args.model_dir) / "config.json").is_file():
-            raise ValueError(f"{args.model_dir} holds no saved model (no config.json)")
-        model, tokenizer = load_model(args.model_dir)
-        rows = load_split(args.dataset_name_or_path, "validation", args.eval_samples)
+        if not (args.run / "config.json").is_file():
+            raise ValueError(f"{args.run} holds no saved model (no config.json): give a finished "
+                             f"run's folder")
+        run = json.loads((args.run / "run_metrics.json").read_text()) \
+            if (args.run / "run_metrics.json").is_file() else {}
+        dataset = args.dataset_name_or_path or run.get("dataset")
+        samples, max_length = args.eval_samples or run.get("eval_samples"), args.max_length or run.get("max_length")
+        if not (dataset and samples and max_length):
+            raise ValueError(f"{args.run} has no run_metrics.json naming its dataset, eval_samples "
+                             f"and max_length: give them as options")
+        if not Path(dataset).is_absolute() and (Path(__file__).parent / dataset).exists():
+            dataset = str(Path(__file__).parent / dataset)  # relative to the stage, as train.py saw it
+        rows = load_split(dataset, "validation", samples)
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        model, tokenizer = load_model(str(args.run), device=device)
     except (ValueError, OSError) as e:
         sys.exit(f"error: {e}")
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    scores, answers = answer_quality(model.to(device), tokenizer, rows, args.max_length, device)
-    write_answers(Path(args.model_dir) / ANSWERS_FILE, rows, answers)
-    print(f"exact match {scores['exact_match']:.1f}  F1 {scores['f1']:.1f}  "
-          f"({len(rows)} validation questions; answers in {Path(args.model_dir) / ANSWERS_FILE})")
+    scores, answers = answer_quality(model, tokenizer, rows, max_length, device)
+    write_answers(args.run, rows, answers, RESCORED_FILE)
+    print(f"exact match {scores['exact_match']:.1f}  F1 {scores['f1']:.1f}  ({len(rows)} validation "
+          f"questions of {dataset}; answers in {args.run / RESCORED_FILE})")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,485 @@
+"""What train.py keeps besides the lesson: where the job's time went, checkpoints on time and on
+request, resuming safely, and run_metrics.json (its fields: docs/metrics.md).
+
+The .slurm jobs read train.py's exit status: 0 finished, STOPPED_TO_RESUME (75) stopped on
+request with a checkpoint (the job requeues itself), 1 refused or failed (the reason is the
+last line, `error: ...`), 128 + signal when killed (143: scancel, time limit).
+"""
+import contextlib
+import hashlib
+import importlib.metadata
+import json
+import os
+import platform
+import resource
+import signal
+import sys
+import tempfile
+import time
+import zipfile
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from transformers import AutoConfig, TrainerCallback
+
+SCHEMA_VERSION = 2
+METRICS_FILE = "run_metrics.json"
+SETTINGS_FILE = "run_settings.json"  # what a resumed run must share with the run it continues
+SAVE_AND_STOP_FILE = "save-and-stop"  # the .slurm jobs create it on SLURM's time-limit warning
+STOPPED_TO_RESUME = 75  # EX_TEMPFAIL: "try again", which is what the job then does
+TIME_PARTS = ("startup", "compiling", "training_steps", "evaluation", "checkpoint_saving",
+              "answer_generation", "final_save", "other")
+# Settings a resumed run must share with the run it continues (the rest may change).
+RESUME_SETTINGS = ("model_name_or_path", "random_weights", "dataset_name_or_path", "train_samples",
+                   "max_length", "pad_to_max_length", "fast_path", "per_device_train_batch_size",
+                   "gradient_accumulation_steps", "num_train_epochs", "max_steps", "learning_rate",
+                   "weight_decay", "lr_scheduler_type", "warmup_steps", "seed", "optim",
+                   "precision", "world_size", "zero_stage", "offload_optimizer", "offload_param")
+
+
+def job_started_at():
+    """When the job started: JOB_STARTED_AT (epoch seconds, set by the .slurm job first thing),
+    else this process's start (Linux /proc), else now."""
+    if "JOB_STARTED_AT" in os.environ:
+        return float(os.environ["JOB_STARTED_AT"])
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        boot = next(int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                    if line.startswith("btime"))
+        return boot + ticks / os.sysconf("SC_CLK_TCK")
+    return time.time()
+
+
+def use_compile_caches():
+    """Keep what torch.compile and DeepSpeed's op builder compile between jobs, one folder per
+    Python environment: environments sharing one folder rebuild each other's ops every job.
+
+    COMPILE_CACHE (the .slurm jobs set it; CLUSTER: shared storage) holds them; an explicit
+    TORCHINDUCTOR_CACHE_DIR or TORCH_EXTENSIONS_DIR wins. A folder that cannot be written is a
+    warning, and this job compiles into a temporary folder instead."""
+    base = Path(os.environ.get("COMPILE_CACHE", Path.home() / ".cache" / "bloom-workshop"))
+    key = f"{Path(sys.prefix).name}-{hashlib.sha1(sys.prefix.encode()).hexdigest()[:8]}"
+    for variable, name in (("TORCHINDUCTOR_CACHE_DIR", "inductor"),
+                           ("TORCH_EXTENSIONS_DIR", "torch_extensions")):
+        folder = Path(os.environ.get(variable, base / key / name))
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            tempfile.TemporaryFile(dir=folder).close()
+        except OSError as e:
+            print(f"warning: compile cache {folder} is not writable ({e.strerror}): this job "
+                  f"compiles without it (set COMPILE_CACHE to a writable folder)", file=sys.stderr)
+            folder = Path(tempfile.mkdtemp(prefix=f"{name}-"))
+        os.environ[variable] = str(folder)
+
+
+def is_distributed():
+    return dist.is_available() and dist.is_initialized()
+
+
+def gather(value):
+    """value from every rank, as a list (rank order); [value] without a process group."""
+    if not is_distributed():
+        return [value]
+    values = [None] * dist.get_world_size()
+    dist.all_gather_object(values, value)
+    return values
+
+
+class Clock(TrainerCallback):
+    """Where the job's seconds go, in TIME_PARTS, adding up to the job's wall time.
+
+    Start-up runs from the job's start to the first optimizer step; the training loop is then
+    split into steps, evaluation (ends at on_evaluate), checkpoint saving (ends at on_save)
+    and steps that compiled (torch.compile compiling or recording CUDA graphs: seconds, once
+    per shape). The steady speed leaves out those and the first step (allocations, kernels).
+    """
+
+    def __init__(self, started):
+        self.started = started
+        self.seconds = dict.fromkeys(TIME_PARTS, 0.0)
+        self.first_step_at = self.mark = None
+        self.steady_seconds, self.steady_steps = 0.0, 0
+        self.compiling_steps, self.resumed_at = 0, 0
+
+    @contextlib.contextmanager
+    def timing(self, part):
+        start = time.time()
+        try:
+            yield
+        finally:
+            self.seconds[part] += time.time() - start
+
+    @staticmethod
+    def compiler_events():
+        """Compiler stages run so far (torch.compile times each, CUDA graph recording too)."""
+        if "torch._dynamo" not in sys.modules:  # nothing compiled: do not import the compiler
+            return 0
+        return sum(map(len, torch._dynamo.utils.compilation_time_metrics.values()))
+
+    def _since_mark(self):
+        now = time.time()
+        seconds, self.mark = now - self.mark, now
+        return seconds
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        now = time.time()
+        if self.first_step_at is None:
+            self.first_step_at = now
+            self.seconds["startup"] = now - self.started - sum(
+                self.seconds[p] for p in ("compiling", "answer_generation"))
+        elif self.mark is not None:  # between steps: data loading, logging
+            self.seconds["training_steps"] += now - self.mark
+        self.mark, self.events_before = now, self.compiler_events()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        seconds = self._since_mark()
+        if self.compiler_events() != self.events_before:
+            self.seconds["compiling"] += seconds
+            self.compiling_steps += 1
+            return
+        self.seconds["training_steps"] += seconds
+        if state.global_step > 1 + (self.resumed_at or 0):  # the first step pays for start-up
+            self.steady_seconds += seconds
+            self.steady_steps += 1
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.resumed_at = state.global_step
+
+    def on_evaluate(self, args, state, control, **kwargs):
+        self.seconds["evaluation"] += self._since_mark()
+
+    def on_save(self, args, state, control, **kwargs):
+        self.seconds["checkpoint_saving"] += self._since_mark()
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.mark is not None:
+            self.seconds["training_steps"] += self._since_mark()
+
+    def parts(self):
+        """TIME_PARTS in seconds, `other` the rest of the wall time; and the wall time."""
+        wall = time.time() - self.started
+        if self.first_step_at is None:  # stopped before training: all of it was start-up
+            self.seconds["startup"] = wall - sum(v for k, v in self.seconds.items() if k != "startup")
+            self.seconds["startup"] -= self.seconds["other"]
+        named = sum(v for k, v in self.seconds.items() if k != "other")
+        return {**self.seconds, "other": wall - named}, wall
+
+
+class Checkpoints(TrainerCallback):
+    """A checkpoint every `minutes` of the run and one when SAVE_AND_STOP_FILE appears (then
+    training stops after the current step, to be resumed).
+
+    All ranks must save and stop at the same step, so rank 0 decides and tells the others in
+    one small all-reduce per optimizer step (only with several ranks).
+    """
+
+    def __init__(self, output_dir, minutes, started):
+        self.request = Path(output_dir) / SAVE_AND_STOP_FILE
+        self.every, self.last_save = minutes * 60, started
+        self.stopped_at = None  # the step after which training stopped on request
+        self.saved_at_step = False
+
+    def on_step_end(self, args, state, control, **kwargs):
+        stop = state.is_world_process_zero and self.request.exists()
+        save = state.is_world_process_zero and time.time() - self.last_save > self.every
+        if is_distributed():
+            decision = torch.tensor([float(stop), float(save)], device=args.device)
+            dist.all_reduce(decision, op=dist.ReduceOp.MAX)
+            stop, save = decision.tolist()
+        if save and state.global_step < state.max_steps:
+            control.should_save = True
+        if stop and state.global_step < state.max_steps:
+            self.stopped_at = state.global_step
+            self.saved_at_step = control.should_save  # a checkpoint was due at this step anyway
+            control.should_training_stop = True
+        return control
+
+    def on_save(self, args, state, control, **kwargs):
+        self.last_save = time.time()
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        if self.stopped_at is not None:  # the Trainer ends the epoch here, whole or not
+            if not float(state.epoch).is_integer():
+                control.should_evaluate = False  # an eval loss only for whole epochs
+            control.should_save = not self.saved_at_step  # one checkpoint, written once
+        return control
+
+
+def run_settings(args, training_args, ds_config):
+    """The settings that decide what a run computes (RESUME_SETTINGS), as a dict."""
+    zero = ds_config.get("zero_optimization", {}) if ds_config else {}
+    values = {**vars(args), **training_args.to_dict(),
+              "precision": "bf16" if training_args.bf16 else "fp16" if training_args.fp16 else "fp32",
+              "world_size": training_args.world_size,
+              "zero_stage": zero.get("stage", 0) if ds_config else None,
+              "offload_optimizer": zero.get("offload_optimizer", {}).get("device"),
+              "offload_param": zero.get("offload_param", {}).get("device")}
+    return {k: values.get(k) for k in RESUME_SETTINGS}
+
+
+def write_settings(trainer, settings):
+    """run_settings.json in the output folder (rank 0): what a resumed run is checked against."""
+    if trainer.is_world_process_zero():
+        path = Path(trainer.args.output_dir) / SETTINGS_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(settings, indent=2) + "\n")
+
+
+def check_checkpoint(folder, deepspeed):
+    """Refuse a checkpoint that is damaged or of the other kind (DeepSpeed's or the Trainer's),
+    naming the file and what to do."""
+    what_to_do = (f"move {folder} aside to resume from the checkpoint before it, or choose "
+                  f"another --output_dir")
+    written_by_deepspeed = any(folder.glob("global_step*")) or (folder / "latest").is_file()
+    if deepspeed and not written_by_deepspeed:
+        raise ValueError(f"{folder} was written without DeepSpeed (no global_step* folder): resume "
+                         f"it with the baseline stage, or choose another --output_dir")
+    if not deepspeed and written_by_deepspeed:
+        raise ValueError(f"{folder} was written by DeepSpeed (global_step* folder): resume it with "
+                         f"the DeepSpeed stage and config that wrote it, or choose another --output_dir")
+    if deepspeed and (folder / "latest").is_file():
+        tag = (folder / "latest").read_text().strip()
+        if not (folder / tag).is_dir():
+            raise ValueError(f"{folder / tag} is missing (DeepSpeed's model and optimizer states): "
+                             f"{what_to_do}")
+    try:
+        json.loads((folder / "trainer_state.json").read_text())
+    except json.JSONDecodeError:
+        raise ValueError(f"{folder / 'trainer_state.json'} is damaged (cut short?): {what_to_do}") from None
+    for path in [*folder.glob("*.safetensors"), *folder.glob("*.pt"), *folder.glob("*.pth"),
+                 *folder.glob("global_step*/*.pt")]:
+        if not intact(path):
+            raise ValueError(f"{path} is damaged (cut short?): {what_to_do}")
+
+
+def intact(path):
+    """Whether a checkpoint file is whole: torch.save writes a zip archive (its directory is
+    at the end); a safetensors file says in its header how long its data is."""
+    try:
+        if path.suffix == ".safetensors":
+            header = int.from_bytes(path.open("rb").read(8), "little")
+            offsets = json.loads(path.open("rb").read(8 + header)[8:])
+            end = max((t["data_offsets"][1] for k, t in offsets.items() if k != "__metadata__"), default=0)
+            return path.stat().st_size == 8 + header + end
+        with zipfile.ZipFile(path):
+            return True
+    except (OSError, ValueError, zipfile.BadZipFile):
+        return False
+
+
+def resume_point(output_dir, model_config, settings):
+    """The newest complete checkpoint in output_dir to resume from, or None to start afresh.
+
+    Refuses, in one line naming what differs: a finished run (its results are there), a
+    checkpoint of another model, of the other kind, or damaged, and settings that differ from
+    the run it would continue. The Trainer writes trainer_state.json last, so a checkpoint
+    without it was cut off (time limit, preemption): it is skipped, never deleted.
+    """
+    output_dir = Path(output_dir)
+    metrics = output_dir / METRICS_FILE
+    with contextlib.suppress(OSError, json.JSONDecodeError):
+        if json.loads(metrics.read_text()).get("status") == "complete":
+            raise ValueError(f"{output_dir} holds a finished run (its results: {metrics}): choose "
+                             f"another --output_dir to train again")
+    folders = sorted(output_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    for folder in reversed(folders):
+        if not (folder / "trainer_state.json").is_file():
+            print(f"skipping incomplete checkpoint {folder}")
+            continue
+        theirs, ours = AutoConfig.from_pretrained(folder).to_dict(), model_config.to_dict()
+        keys = ("model_type", "vocab_size", "hidden_size", "n_layer", "n_head")
+        if any(theirs.get(k) != ours.get(k) for k in keys):
+            raise ValueError(f"{folder} holds a checkpoint of another model "
+                             f"({', '.join(f'{k}={theirs.get(k)}' for k in keys)}); "
+                             f"choose another --output_dir")
+        check_checkpoint(folder, deepspeed=settings["zero_stage"] is not None)
+        with contextlib.suppress(OSError, json.JSONDecodeError):
+            before = json.loads((output_dir / SETTINGS_FILE).read_text())
+            differ = [f"{k}={before.get(k)!r} then, {settings[k]!r} now" for k in RESUME_SETTINGS
+                      if k in before and before[k] != settings[k]]
+            if differ:
+                raise ValueError(f"{folder} continues a run with other settings ({'; '.join(differ)}): "
+                                 f"resume with the same settings, or choose another --output_dir")
+        return str(folder)
+    return None
+
+
+def one_line(error):
+    """The reason for a failure, in one line, with what to do where that is known."""
+    text = (str(error).strip().splitlines() or [""])[0]
+    if isinstance(error, torch.OutOfMemoryError):
+        return (f"out of GPU memory ({text[:160]}): `python ../tools/plan.py` shows what fits; try "
+                f"--gradient_checkpointing True, a smaller --per_device_train_batch_size with more "
+                f"--gradient_accumulation_steps, or ZeRO with offload")
+    if "timed out" in text.lower() or "timeout" in type(error).__name__.lower():
+        return (f"a collective operation timed out ({text[:160]}): another rank or node stopped "
+                f"answering; its own log says why (--ddp_timeout sets the wait)")
+    return f"{type(error).__name__}: {text}" if not isinstance(error, (ValueError, OSError)) else text
+
+
+class Record:
+    """run_metrics.json: everything the workshop's tables need, written however the run ends
+    once training has been set up (a refusal before that writes nothing)."""
+
+    def __init__(self, started):
+        self.started, self.clock = started, Clock(started)
+        self.status, self.error = "failed", None
+        self.args = self.training_args = self.ds_config = self.trainer = self.checkpoints = None
+        self.parameters, self.shortened_contexts, self.answers_after = None, None, None
+        # scancel and the time limit send SIGTERM: leave through SystemExit, so that the
+        # metrics file is still written (status interrupted) on the way out.
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda signum, frame: sys.exit(128 + signum))
+
+    def metrics(self):
+        """The metrics dict (docs/metrics.md). Per-rank values are gathered from every rank only
+        after a successful run: after a failure the other ranks may be gone."""
+        args, targs, state = self.args, self.training_args, self.trainer.state
+        per_rank = gather if self.status in ("complete", "stopped_on_request") else (lambda v: [v])
+        history = state.log_history
+        train = next((e for e in reversed(history) if "train_loss" in e), {})
+        before = next((e["answer_quality_before"] for e in history if "answer_quality_before" in e), None)
+        epochs = epoch_table(history)
+        samples_per_step = (targs.per_device_train_batch_size * targs.gradient_accumulation_steps
+                            * targs.world_size)
+        parts, wall = self.clock.parts()
+        zero = self.ds_config.get("zero_optimization", {})
+        config = self.trainer.model.config
+        cuda = torch.cuda.is_available() and not targs.use_cpu
+        return dict(
+            schema_version=SCHEMA_VERSION,
+            status=self.status, error=self.error,
+            stopped_on_request_at_step=self.checkpoints.stopped_at,
+            stage=Path(__file__).resolve().parent.name,
+            model=args.model_name_or_path, random_weights=args.random_weights,
+            parameters=self.parameters,
+            architecture={k: getattr(config, k, None) for k in
+                          ("model_type", "vocab_size", "hidden_size", "n_layer", "n_head")},
+            dataset=args.dataset_name_or_path,
+            train_samples=args.train_samples, eval_samples=args.eval_samples,
+            max_length=args.max_length, pad_to_max_length=args.pad_to_max_length,
+            shortened_contexts=self.shortened_contexts,
+            fast_path=args.fast_path, compile_blocks=args.compile_blocks,
+            gradient_checkpointing=bool(targs.gradient_checkpointing),
+            precision="bf16" if targs.bf16 else "fp16" if targs.fp16 else "fp32",
+            per_device_train_batch_size=targs.per_device_train_batch_size,
+            gradient_accumulation_steps=targs.gradient_accumulation_steps,
+            world_size=targs.world_size,
+            nodes=int(os.environ.get("SLURM_NNODES", 1)),
+            deepspeed_config=targs.deepspeed,
+            zero_stage=zero.get("stage", 0) if self.ds_config else None,
+            offload_optimizer=zero.get("offload_optimizer", {}).get("device"),
+            offload_param=zero.get("offload_param", {}).get("device"),
+            epochs=epochs,
+            steps_per_epoch=epochs[0]["steps"] if epochs else None,
+            global_step=state.global_step, max_steps=state.max_steps,
+            train_loss=train.get("train_loss"), train_runtime=train.get("train_runtime"),
+            train_samples_per_second=train.get("train_samples_per_second"),
+            steady_train_samples_per_second=(
+                self.clock.steady_steps * samples_per_step / self.clock.steady_seconds
+                if self.clock.steady_seconds else None),
+            compiling_steps=self.clock.compiling_steps,  # left out of the steady speed
+            eval_samples_per_second=(sum(e["eval_samples_per_second"] for e in epochs) / len(epochs)
+                                     if epochs else None),
+            answer_quality=dict(before=before, after=self.answers_after) if args.answer_quality else None,
+            peak_gpu_memory_allocated_mib=per_rank(
+                torch.cuda.max_memory_allocated() / 2**20 if cuda else None),
+            peak_host_rss_mib=per_rank(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+            gpu=torch.cuda.get_device_name() if cuda else None,
+            gpu_memory_mib=torch.cuda.get_device_properties(0).total_memory / 2**20 if cuda else None,
+            host_memory_mib=os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**20,
+            versions=versions(),
+            job_started_at=time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(self.started)),
+            wall_seconds=wall, time_seconds=parts,
+            slurm_job_id=os.environ.get("SLURM_JOB_ID"),
+        )
+
+    def write(self):
+        """Write run_metrics.json (rank 0) and print the lines the README shows."""
+        metrics = self.metrics()
+        if not self.trainer.is_world_process_zero():
+            return
+        path = Path(self.training_args.output_dir) / METRICS_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(metrics, indent=2) + "\n")
+        for e in metrics["epochs"]:
+            print(f"epoch {e['epoch']}: train_loss {e['train_loss']:.4f} eval_loss {e['eval_loss']:.4f}")
+        quality = metrics["answer_quality"]
+        if quality and quality["before"] and quality["after"]:
+            print("answers to {samples} validation questions: exact match {0[exact_match]:.1f} -> "
+                  "{1[exact_match]:.1f}, F1 {0[f1]:.1f} -> {1[f1]:.1f} (before -> after training)"
+                  .format(quality["before"], quality["after"], samples=quality["after"]["samples"]))
+        parts = metrics["time_seconds"]
+        print(f"job time {metrics['wall_seconds']:.1f} s: " + ", ".join(
+            f"{name.replace('_', ' ')} {parts[name]:.1f}" for name in TIME_PARTS))
+        print(f"metrics: {path}")
+        if self.checkpoints.stopped_at is not None:
+            print(f"stopped on request ({self.checkpoints.request}) after step "
+                  f"{self.checkpoints.stopped_at} of {metrics['max_steps']}: checkpoint-"
+                  f"{self.checkpoints.stopped_at} saved; run again with --output_dir "
+                  f"{self.training_args.output_dir} to resume")
+
+    def fail(self, error):
+        """Status and reason of a run that did not finish; returns its exit status."""
+        interrupted = isinstance(error, SystemExit)
+        self.status = "interrupted" if interrupted else "failed"
+        self.error = f"stopped by signal {error.code - 128}" if interrupted else one_line(error)
+        if self.trainer is not None:
+            with contextlib.suppress(Exception):  # the reason below matters more than the file
+                self.write()
+        if not interrupted:
+            print(f"error: {self.error}", file=sys.stderr, flush=True)
+        return error.code if interrupted else 1
+
+
+def leave(code):
+    """Exit with `code`. With several ranks, a rank that finished waits for the others, then
+    leaves at once: the interpreter's teardown could still abort after everything succeeded
+    (ZeRO-3 at 2 ranks: "terminate called without an active exception", signal 6). A failed
+    rank leaves at once (the launcher then ends the others)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if is_distributed() and code in (0, STOPPED_TO_RESUME):
+        dist.barrier()
+        dist.destroy_process_group()
+        os._exit(code)
+    sys.exit(code)
+
+
+def load_deepspeed_ops(ds_config, clock):
+    """Offload runs the optimizer step with DeepSpeed's CPU Adam, a C++ op compiled on first use
+    (about a minute; then cached, use_compile_caches): loaded here so that its time counts as
+    compiling. The other configs use the Trainer's fused AdamW and compile nothing."""
+    if ds_config.get("zero_optimization", {}).get("offload_optimizer", {}).get("device") == "cpu":
+        from deepspeed.ops.op_builder import CPUAdamBuilder
+        with clock.timing("compiling"):
+            CPUAdamBuilder().load()
+
+
+def versions():
+    found = dict(python=platform.python_version(), torch=torch.__version__, cuda=torch.version.cuda)
+    for name in ("transformers", "deepspeed", "accelerate"):
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            found[name] = importlib.metadata.version(name)
+    return found
+
+
+def epoch_table(log_history):
+    """Per-epoch train loss, eval loss and steps from the Trainer's log history.
+
+    Each epoch's evaluation is logged at the epoch's last step; the train loss of an epoch is
+    the mean of the losses logged at every step since the previous evaluation.
+    """
+    step_losses = {e["step"]: e["loss"] for e in log_history if "loss" in e}
+    epochs, previous_step = [], 0
+    for e in (e for e in log_history if "eval_loss" in e):
+        losses = [loss for step, loss in step_losses.items() if previous_step < step <= e["step"]]
+        epochs.append(dict(epoch=round(e["epoch"]), step=e["step"], steps=e["step"] - previous_step,
+                           train_loss=sum(losses) / len(losses) if losses else None,
+                           eval_loss=e["eval_loss"],
+                           eval_samples_per_second=e.get("eval_samples_per_second")))
+        previous_step = e["step"]
+    return epochs
