@@ -132,7 +132,7 @@ class LiveBytes(torch.utils._python_dispatch.TorchDispatchMode):
         return out
 
 
-def replay(arch, batch, length, *, amp=False, fast=False, checkpointing=False):
+def replay(arch, batch, length, *, amp=False, fp32=False, fast=False, checkpointing=False):
     """Peak MiB of what one micro-batch's forward and backward allocate (weights and existing
     gradients excluded), running BLOOM's code on fake tensors (no memory, no arithmetic)."""
     from torch._subclasses.fake_tensor import FakeTensorMode
@@ -142,7 +142,8 @@ def replay(arch, batch, length, *, amp=False, fast=False, checkpointing=False):
     hidden, layers, heads = plan.BLOOM[arch]
     with FakeTensorMode(allow_non_fake_inputs=True):
         config = BloomConfig(vocab_size=250_880, hidden_size=hidden, n_layer=layers, n_head=heads)
-        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32 if amp else torch.bfloat16)
+        model = AutoModelForCausalLM.from_config(
+            config, dtype=torch.float32 if amp or fp32 else torch.bfloat16)
         model.train()
         if checkpointing:
             model.gradient_checkpointing_enable()
@@ -167,6 +168,7 @@ def replay(arch, batch, length, *, amp=False, fast=False, checkpointing=False):
 @pytest.mark.parametrize("case", [
     dict(),  # DeepSpeed's 16-bit model, eager attention, the stock loss
     dict(amp=True),  # the Trainer: fp32 weights under autocast
+    dict(fp32=True),  # fp32 training (the CPU runs)
     dict(amp=True, checkpointing=True),
     dict(fast=True),  # SDPA attention, the fast path's loss (one chunk)
 ])
@@ -174,11 +176,13 @@ def test_activation_and_loss_terms_match_blooms_code(case):
     batch, length = (2, 512) if case.get("fast") else (4, 512)
     replayed = replay("bloom-560m", batch, length, **case)
     p = plan.predict("bloom-560m", per_device_train_batch_size=batch, max_length=length,
-                     precision="bf16", zero_stage=None if case.get("amp") else 2,
+                     precision="fp32" if case.get("fp32") else "bf16",
+                     zero_stage=None if case.get("amp") else 2,
                      gradient_checkpointing=case.get("checkpointing", False),
                      fast_path=case.get("fast", False), pad_to_max_length=True)
     a = plan.architecture("bloom-560m")
-    states = plan.model_states(a, dict(world_size=1, b=2, gradient_accumulation_steps=4, zero_stage=None
+    states = plan.model_states(a, dict(world_size=1, b=4 if case.get("fp32") else 2,
+                                       gradient_accumulation_steps=4, zero_stage=None
                                        if case.get("amp") else 2, offload_optimizer=False, offload_param=False))
     counted = p["gpu_mib"] - p["workspace_mib"] - states["fb"] / plan.MIB  # the replay has no
     # optimizer, and its weights and gradients exist before it starts
