@@ -20,7 +20,8 @@ Python API (tools/tables.py imports it; keep it stable):
             pin_memory=True) -> dict
         model: a name/folder/hub id as above, a transformers config, a dict of BLOOM config keys
           (vocab_size, hidden_size, n_layer, n_head), or architecture()'s result.
-        zero_stage None = no DeepSpeed (the Trainer and torch.autocast); 0-3 = DeepSpeed.
+        zero_stage None = no DeepSpeed (the Trainer and torch.autocast, one GPU: DDP's buckets
+          are not counted); 0-3 = DeepSpeed.
         pad_to_max_length None = the workshop's choice (pad, unless fast_path); longest = tokens
           of the longest training sequence, which sets the length of the largest batch when not
           padding to max_length (None: max_length, the worst case).
@@ -118,10 +119,12 @@ def architecture(model):
     from transformers import AutoModelForCausalLM, BloomConfig, logging
     logging.set_verbosity_error()
     if isinstance(model, dict):
-        config, name = BloomConfig(**model), "architecture " + ", ".join(f"{k} {v}" for k, v in model.items())
+        config = BloomConfig(**model)
+        name = "architecture " + ", ".join(f"{k} {v}" for k, v in model.items())
     elif isinstance(model, str) and model in BLOOM:
         hidden, layers, heads = BLOOM[model]
-        config, name = BloomConfig(vocab_size=250_880, hidden_size=hidden, n_layer=layers, n_head=heads), model
+        config = BloomConfig(vocab_size=250_880, hidden_size=hidden, n_layer=layers, n_head=heads)
+        name = model
     elif isinstance(model, (str, Path)):
         config, name = _config(str(model)), str(model)
     else:
@@ -187,8 +190,9 @@ def loss_bytes(a, tokens, labels, b, fast_path, compiled):
     their fp32 upcast and the fp32 log-softmax in the forward; in the backward the log-softmax
     kept for it, its incoming and its outgoing gradient: 3 fp32 (tokens x vocabulary) tensors.
     Fast path: the same for one chunk of LOSS_CHUNK labelled positions, recomputed in the
-    backward, while the 16-bit lm_head weight gradient of the chunks before it waits. Compiled: one piece over every
-    position that keeps the 16-bit logits (fast_path.compile_blocks).
+    backward, while the 16-bit lm_head weight gradient of the chunks before it waits.
+    Compiled: one piece over every position that keeps the 16-bit logits
+    (fast_path.compile_blocks; checked against two runs only, bench-fast-compiled/).
     """
     upcast = b if b < 4 else 0  # fp32 logits are not copied by .float()
     if fast_path and compiled:
@@ -267,7 +271,8 @@ def host_states(a, c):
         if c["gradient_accumulation_steps"] > 1:  # accumulated_grads_in_cpu: one per parameter
             total += sum(pin(b * s) for s in a.sizes) / N
         return total
-    sub_groups = [min(SUB_GROUP_SIZE, g - i) for g in groups for i in range(0, math.ceil(g), int(SUB_GROUP_SIZE))]
+    sub_groups = [min(SUB_GROUP_SIZE, g - i) for g in groups
+                  for i in range(0, math.ceil(g), int(SUB_GROUP_SIZE))]
     total = adam + 4 * P / N + pin(b * P / N)  # fp32 master (a plain copy), 16-bit gradient partitions
     total += sum(pin(4 * s) for s in sub_groups)  # each sub-group's fp32 gradient
     if c["offload_param"]:  # zero.Init's pinned partitions, then one flat 16-bit copy per group
@@ -289,13 +294,14 @@ def predict(model, *, world_size=1, nodes=1, per_device_train_batch_size=4,
             offload_optimizer=False, offload_param=False, gradient_checkpointing=False,
             fast_path=False, compile_blocks=False, pad_to_max_length=None, longest=None,
             pin_memory=True):
-    """Predicted peak GPU memory per GPU and host memory per rank and node (see the docstring)."""
+    """Peak GPU memory per GPU, host memory per rank and node (the module docstring says how)."""
     a = architecture(model)
-    c = dict(world_size=world_size, nodes=nodes, gradient_accumulation_steps=gradient_accumulation_steps,
-             max_length=max_length, zero_stage=zero_stage, offload_optimizer=offload_optimizer,
-             offload_param=offload_param, compile_blocks=compile_blocks and fast_path, longest=longest,
+    c = dict(world_size=world_size, nodes=nodes, max_length=max_length, zero_stage=zero_stage,
+             gradient_accumulation_steps=gradient_accumulation_steps, longest=longest,
+             offload_optimizer=offload_optimizer, offload_param=offload_param,
+             compile_blocks=compile_blocks and fast_path, pin_memory=pin_memory,
              pad_to_max_length=(not fast_path) if pad_to_max_length is None else pad_to_max_length,
-             pin_memory=pin_memory, b=4 if precision == "fp32" else 2)
+             b=4 if precision == "fp32" else 2)
     P, b, B, VH = a.params, c["b"], per_device_train_batch_size, a.vocab * a.hidden
     L = sequence_length(c)
     amp = zero_stage is None and b == 2  # the Trainer's torch.autocast over fp32 weights
@@ -395,7 +401,8 @@ def speed(a, stage, offload, fast, compiled, checkpointing):
     if fast:
         fast_ratio = None if offload else FAST_SPEED[1].get((stage, compiled))
         ratio = fast_ratio if fast_ratio else ratio * FAST_SPEED[1][(None, False)]
-        note = FAST_SPEED[0] if fast_ratio else "estimated: the stage's ratio x 1.90, the eager fast path's gain"
+        note = (FAST_SPEED[0] if fast_ratio
+                else "estimated: the stage's ratio x 1.90, the eager fast path's gain")
     if checkpointing:
         ratio, note = ratio * CHECKPOINTING_SPEED, note + "; x0.75 for checkpointing (not measured)"
     return ratio, note
@@ -442,10 +449,9 @@ def plan(args, explicit):
         if stage is None and world > 1:
             stage, label = 0, "ZeRO off (DeepSpeed, ds_config.json)"
         # as train.py: the fast path's settings for those not given explicitly (config.py)
-        batch = (args.per_device_train_batch_size if "per_device_train_batch_size" in explicit or not fast
-                 else workshop.FAST_PATH["per_device_train_batch_size"])
-        accumulation = (args.gradient_accumulation_steps if "gradient_accumulation_steps" in explicit
-                        or not fast else workshop.FAST_PATH["gradient_accumulation_steps"])
+        def given(key):
+            return getattr(args, key) if key in explicit or not fast else workshop.FAST_PATH[key]
+        batch, accumulation = given("per_device_train_batch_size"), given("gradient_accumulation_steps")
         precision = args.precision if "precision" in explicit or not fast else "bf16"
         compiled = fast and workshop.compile_blocks_refusal(stage, accumulation) is None
         p = predict(a, world_size=world, nodes=args.nodes, per_device_train_batch_size=batch,
@@ -456,10 +462,9 @@ def plan(args, explicit):
         ratio, note = speed(a, stage, offload_opt or offload_param, fast, compiled, checkpointing)
         name = (f"fast path{' (compiled blocks)' if compiled else ''} + {label}" if fast else label)
         name += ", gradient checkpointing" if checkpointing else ""
-        return dict(name=name, options=options(config, args, fast, checkpointing, batch, accumulation,
-                                               precision, explicit),
-                    p=p, gpu=fits(p["gpu_mib"], gpu_cap), host=fits(p["host_node_mib"], host_cap),
-                    ratio=ratio, note=note)
+        flags = options(config, args, fast, checkpointing, batch, accumulation, precision, explicit)
+        return dict(name=name, options=flags, p=p, gpu=fits(p["gpu_mib"], gpu_cap),
+                    host=fits(p["host_node_mib"], host_cap), ratio=ratio, note=note)
 
     for checkpointing in (False, True):
         rows += [row(config, False, checkpointing) for config in CONFIGS]
@@ -471,8 +476,9 @@ def plan(args, explicit):
     notes = sorted({r["note"] for r in rows})
     lines.append(f"Plan for {a.name}: {a.params / 1e9:.2f}e9 parameters ({a.layers} layers, hidden "
                  f"{a.hidden}, {a.heads} heads, vocabulary {a.vocab:,}), {args.nodes} node(s) x "
-                 f"{args.gpus_per_node} GPU(s) of {args.gpu_memory_gib:g} GiB, {args.host_memory_gib:g} "
-                 f"GiB host memory per node; sequences of {args.max_length} tokens"
+                 f"{args.gpus_per_node} GPU(s) of {args.gpu_memory_gib:g} GiB, "
+                 f"{args.host_memory_gib:g} GiB host memory per node; sequences of "
+                 f"{args.max_length} tokens"
                  + ("" if args.longest is None else f" (longest {args.longest})") + ".")
     lines.append("")
     lines.append("| configuration | options | GPU MiB: model states / activations / logits+loss / "
@@ -481,16 +487,18 @@ def plan(args, explicit):
     lines.append("|---|---|---|---|---|---|---|---|")
     for r in rows:
         p = r["p"]
-        lines.append(f"| {r['name']} | `{r['options']}` | {p['model_states_mib']:,.0f} / "
-                     f"{p['activations_mib']:,.0f} / {p['logits_mib']:,.0f} / {p['workspace_mib']:,.0f} "
-                     f"| {p['gpu_mib']:,.0f} ({p['phase']}) | {p['host_node_mib']:,.0f} | {r['gpu']} | {r['host']} | "
+        split = " / ".join(f"{p[k]:,.0f}" for k in ("model_states_mib", "activations_mib",
+                                                      "logits_mib", "workspace_mib"))
+        lines.append(f"| {r['name']} | `{r['options']}` | {split} | {p['gpu_mib']:,.0f} "
+                     f"({p['phase']}) | {p['host_node_mib']:,.0f} | {r['gpu']} | {r['host']} | "
                      f"x{r['ratio']:.2f} [{notes.index(r['note']) + 1}] |")
     lines.append("")
-    lines.append("Peak GPU MiB predicts torch.cuda.max_memory_allocated() per GPU; nvidia-smi shows more: "
-                 "the CUDA context and PyTorch's cache (on the H100: +1.3 GiB without DeepSpeed, "
-                 "+4 to 15 GiB with ZeRO). Fits: yes = within 90% of the memory, tight = within it "
-                 "(the allocator's fragmentation may still run out), no = above it. Host: resident "
-                 "memory of all ranks of a node, with the rank that saves the model.")
+    lines.append("Peak GPU MiB predicts torch.cuda.max_memory_allocated() per GPU; nvidia-smi "
+                 "shows more: the CUDA context and PyTorch's cache (on the H100: +1.3 GiB without "
+                 "DeepSpeed, +4 to 15 GiB with ZeRO). Fits: yes = within 90% of the memory, "
+                 "tight = within it (the allocator's fragmentation may still run out), no = above "
+                 "it. Host: resident memory of all ranks of a node, with the rank that saves the "
+                 "model.")
     if world > 1:
         lines.append("Speed: samples/s per GPU against the workshop's configuration on one GPU; "
                      "nothing was measured on several GPUs (docs/results.md, Several GPUs).")
@@ -503,13 +511,15 @@ def plan(args, explicit):
     lines.append("")
     if good:
         best = max(good, key=lambda r: (r["ratio"], -r["p"]["gpu_mib"]))
-        lines.append(f"Recommended: {best['name']} (`{best['options']}`): the fastest (x{best['ratio']:.2f}) "
-                     f"of the configurations that fit both the GPU ({best['p']['gpu_mib']:,.0f} of "
-                     f"{gpu_cap:,.0f} MiB) and the host ({best['p']['host_node_mib']:,.0f} of "
-                     f"{host_cap:,.0f} MiB) with 10% to spare.")
-        if world == 1 and best["p"]["host_node_mib"] > 0.9 * 32 * 1024:  # the one-GPU jobs' --mem
-            lines.append(f"The one-GPU jobs ask SLURM for 32 GiB of host memory (#SBATCH --mem=32G): "
-                         f"submit with sbatch --mem={math.ceil(best['p']['host_node_mib'] / 1024 / 0.9)}G.")
+        p = best["p"]
+        lines.append(f"Recommended: {best['name']} (`{best['options']}`): the fastest "
+                     f"(x{best['ratio']:.2f}) of the configurations that fit both the GPU "
+                     f"({p['gpu_mib']:,.0f} of {gpu_cap:,.0f} MiB) and the host "
+                     f"({p['host_node_mib']:,.0f} of {host_cap:,.0f} MiB) with 10% to spare.")
+        if world == 1 and p["host_node_mib"] > MARGIN * 32 * 1024:  # the one-GPU jobs' --mem
+            lines.append(f"The one-GPU jobs ask SLURM for 32 GiB of host memory (#SBATCH "
+                         f"--mem=32G): submit with sbatch --mem="
+                         f"{math.ceil(p['host_node_mib'] / 1024 / MARGIN)}G.")
     else:
         lines.append("Recommended: none fits GPU and host with 10% to spare: add GPUs "
                      "(--gpus_per_node, --nodes), lower --per_device_train_batch_size or "
@@ -541,11 +551,12 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     explicit = {a[2:].split("=")[0] for a in argv if a.startswith("--")}
     for name, minimum in (("gpus_per_node", 1), ("nodes", 1), ("per_device_train_batch_size", 1),
-                          ("gradient_accumulation_steps", 1), ("max_length", 2), ("longest", 1),
-                          ("gpu_memory_gib", 1e-9), ("host_memory_gib", 1e-9)):
-        value = getattr(args, name)
-        if value is not None and value < minimum:
-            sys.exit(f"error: --{name} {value:g}: give a number of at least {minimum:g}")
+                          ("gradient_accumulation_steps", 1), ("max_length", 2), ("longest", 1)):
+        if getattr(args, name) is not None and getattr(args, name) < minimum:
+            sys.exit(f"error: --{name} {getattr(args, name)}: give a whole number, at least {minimum}")
+    for name in ("gpu_memory_gib", "host_memory_gib"):
+        if not getattr(args, name) > 0:
+            sys.exit(f"error: --{name} {getattr(args, name):g}: give the memory in GiB, above 0")
     try:
         architecture(args.model)  # errors in MODEL: one line, no traceback
     except (OSError, ValueError) as e:
