@@ -1,5 +1,6 @@
 """tools/plan.py against every committed GPU run, against BLOOM's own code replayed on fake
 tensors, and its command line. CPU only, no training; `pytest -s` prints the comparison."""
+import importlib.util
 import json
 import subprocess
 import sys
@@ -97,6 +98,15 @@ def test_every_run_within_10_percent_and_fits_as_it_ran():
     print(f"largest GPU error: {worst:.1%}")
 
 
+def test_newer_runs_record_their_architecture():
+    """A run_metrics.json with schema_version 2 names its architecture itself."""
+    run = next(r for r in RUNS if r["model"] == "bloom-560m" and r["metrics"]["zero_stage"] == 2)
+    hidden, layers, heads = plan.BLOOM["bloom-560m"]
+    newer = dict(run["metrics"], schema_version=2, model="/somewhere/else", architecture=dict(
+        vocab_size=250_880, hidden_size=hidden, n_layer=layers, n_head=heads))
+    assert plan.predict_run(newer) == prediction(run)
+
+
 def test_host_memory_of_offload_runs_within_15_percent():
     offload = [r for r in RUNS if r["metrics"].get("offload_optimizer") not in (None, "none")]
     assert offload
@@ -137,8 +147,11 @@ def replay(arch, batch, length, *, amp=False, fp32=False, fast=False, checkpoint
     gradients excluded), running BLOOM's code on fake tensors (no memory, no arithmetic)."""
     from torch._subclasses.fake_tensor import FakeTensorMode
     from transformers import AutoModelForCausalLM, BloomConfig
-    sys.path.insert(0, str(ROOT / "baseline"))
-    import fast_path
+    fast_path = sys.modules.get("fast_path")  # tests/test_fast_path.py loads it the same way
+    if fast_path is None:  # from its file: baseline/ on sys.path would shadow other stages' modules
+        spec = importlib.util.spec_from_file_location("fast_path", ROOT / "baseline" / "fast_path.py")
+        fast_path = sys.modules["fast_path"] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(fast_path)
     hidden, layers, heads = plan.BLOOM[arch]
     with FakeTensorMode(allow_non_fake_inputs=True):
         config = BloomConfig(vocab_size=250_880, hidden_size=hidden, n_layer=layers, n_head=heads)
