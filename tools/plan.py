@@ -50,9 +50,14 @@ Only three constants are fitted, to the H100 runs of 2026-11-24 (docs/results.md
 workspace and the host's resident memory before and after CUDA starts (below).
 DeepSpeed's estimators (estimate_zero2/3_model_states_mem_needs, which tools/tables.py prints)
 are not used: they count fp32 gradients that exist only during the optimizer step (ZeRO-2 at
-one GPU: 18 bytes/parameter against the 16 that the runs hold during the forward and
-backward), a largest-layer buffer that the ZeRO-3 runs do not show, and a 1.5 buffer factor on
-the host where the offload runs measure pinned power-of-two blocks instead.
+one GPU: 2 + 18 = 20 bytes/parameter against the 16 the runs hold through the forward and
+backward), 4 bytes per parameter of the largest layer for ZeRO-3 that the runs do not show, and
+their additional_buffer_factor of 1.5 on the host, where the offload runs show pinned blocks
+rounded to powers of two instead.
+Not measured, so less sure: several GPUs (ZeRO-3's gathered weights, each rank building the
+fp32 model on the host without ZeRO-3), gradient checkpointing (checked on fake tensors only),
+compiled blocks (two runs), real weights (the runs used random ones), bloom-7b1. Evaluation and
+generation need less than training and are left out.
 """
 import argparse
 import json
