@@ -34,6 +34,7 @@ Python API (tools/tables.py imports it; keep it stable):
         for the configuration a run_metrics.json records (model: its architecture, when the
         run does not record one itself).
     architecture(model) -> Arch (vocabulary, hidden size, layers, heads, parameter sizes).
+    Each raises ValueError with a one-line reason for a model it cannot read or that is not BLOOM.
 
 The memory model (bytes; P parameters, b = 2 for fp16/bf16 or 4 for fp32, N GPUs, T = batch x
 sequence tokens per micro-batch, V x H the tied embedding / lm_head weight). Each term is
