@@ -447,6 +447,18 @@ def test_a_missing_path_beside_a_good_one_is_reported_but_not_fatal(made):
     assert "| baseline fp32 1 CPU rank (job 101) |" in proc.stdout  # one model: not named
 
 
+def test_a_log_folder_finds_a_run_folder_named_by_an_absolute_path(made, tmp_path):
+    """OUTPUT_DIR=/scratch/... : the job's first line names the run folder absolutely."""
+    run_dir = tmp_path / "scratch" / "mine"
+    shutil.copytree(made[0] / "baseline" / "runs" / BASELINE, run_dir)
+    (tmp_path / "stage" / "log").mkdir(parents=True)
+    (tmp_path / "stage" / "log" / "baseline-7.out").write_text(f"run baseline-7 on gpu01, output in {run_dir}\n")
+    proc = tool(tmp_path / "stage" / "log", "--no-plots", "--no-estimate", "--csv", tmp_path / "csv", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    ours = row(list(csv.DictReader((tmp_path / "csv" / "objective1.csv").read_text().splitlines())), "baseline-7")
+    assert (ours["status"], ours["label"]) == ("complete", "baseline fp32 1 CPU rank (job 7)")
+
+
 def test_help_explains_every_column(made):
     proc = tool("--help", cwd=ROOT)
     tables = made[2]
