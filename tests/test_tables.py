@@ -1,9 +1,13 @@
 """tools/tables.py on what real tiny runs leave behind: a baseline run (python train.py) and
-a DeepSpeed ZeRO-2 run (the deepspeed launcher), laid out as the job scripts lay them out,
-plus nvidia-smi CSVs and host memory logs (no GPU here). Every number the tool prints is
-checked against one computed here from the raw files."""
+a DeepSpeed ZeRO-2 run (the deepspeed launcher), on the CPU, laid out as the job scripts lay
+them out, plus nvidia-smi CSVs and host memory logs (no GPU here), runs that failed, stopped
+or were killed, and the published H100 runs (schema version 1). Every number the tool prints
+is checked against one computed here from the raw files; the Trainer's printed dicts are
+removed from the job logs first: the tool reads only what docs/metrics.md documents."""
 import csv
+import importlib.util
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -22,14 +26,33 @@ GPU_CSV = FIXTURES / "nvidia-smi-h100.csv"  # " 1234 MiB"
 GPU_CSV_NOUNITS = FIXTURES / "nvidia-smi-h100-nounits.csv"  # " 1234"
 HOST_RSS = [10, 219, 486, 512, 377]  # a host memory log as the job scripts write it, in MiB
 BASELINE, ZERO2, MULTI = "baseline-101", "deepspeed-single-gpu-102", "deepspeed-multi-node-103"
+# What the runs are; their model's type and size first because my-run's model is another.
+LABELS = {BASELINE: "bloom-133k baseline fp32 1 CPU rank (job 101)",
+          ZERO2: "bloom-133k ZeRO-2 fp32 1 CPU rank (job 102)"}
+TIME_PARTS = ("startup", "compiling", "training_steps", "evaluation", "checkpoint_saving",
+              "answer_generation", "final_save", "other")
+LAUNCHER_END = (  # what DeepSpeed's launcher prints after a rank failed
+    "[2026-11-24 10:47:06,664] [INFO] [launch.py:253:sigkill_handler] Killing subprocess 22279\n"
+    "[2026-11-24 10:47:06,664] [ERROR] [launch.py:259:sigkill_handler] ['python', '-u', 'train.py', "
+    "'--local_rank=0'] exits with return code = 1\n")
+PLAN_PY = ROOT / "tools" / "plan.py"
 
 
-def tool(*args, cwd):
-    return subprocess.run([sys.executable, str(TOOL), *map(str, args)], cwd=cwd,
+def tool(*args, cwd, env=None):
+    return subprocess.run([sys.executable, str(TOOL), *map(str, args)], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=120)
 
 
-def start_run(root, stage, name, tiny, deepspeed_config=None):
+def tables_module():
+    """tools/tables.py imported here, for the functions that need no files."""
+    sys.path.insert(0, str(ROOT / "tools"))
+    spec = importlib.util.spec_from_file_location("tables_under_test", TOOL)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def start_run(root, stage, name, tiny, deepspeed_config=None, **options):
     """train.py, its output in log/<name>.out after the job script's first line, as a job does."""
     (root / stage / "log").mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "train.py"]
@@ -39,24 +62,41 @@ def start_run(root, stage, name, tiny, deepspeed_config=None):
     with (root / stage / "log" / f"{name}.out").open("w") as out:  # the child keeps its own handle
         out.write(f"run {name} on testhost, output in runs/{name}\n")
         out.flush()
-        return subprocess.Popen(cmd + tiny_args(tiny, output_dir=root / stage / "runs" / name),
+        return subprocess.Popen(cmd + tiny_args(tiny, output_dir=root / stage / "runs" / name, use_cpu=True,
+                                                **options),
                                 cwd=ROOT / stage, stdout=out, stderr=subprocess.STDOUT)
 
 
 def state_of(run_dir):
-    """The newest checkpoint's trainer_state.json, read independently of the tool."""
-    newest = max(run_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
-    return json.loads((newest / "trainer_state.json").read_text())
+    """The run folder's trainer_state.json, read independently of the tool."""
+    return json.loads((run_dir / "trainer_state.json").read_text())
+
+
+def metrics_of(root, stage, name):
+    return json.loads((root / stage / "runs" / name / "run_metrics.json").read_text())
+
+
+def as_version_1(metrics):
+    """A metrics file as train.py wrote it before schema version 2 (docs/metrics.md)."""
+    v2_only = ("schema_version", "status", "error", "parameters", "architecture", "shortened_contexts",
+               "max_steps", "gpu", "gpu_memory_mib", "host_memory_mib", "versions", "job_started_at",
+               "time_seconds", "compile_blocks", "gradient_checkpointing", "compiling_steps")
+    return {"complete": metrics["status"] == "complete",
+            **{k: v for k, v in metrics.items() if k not in v2_only}}
 
 
 @pytest.fixture(scope="module")
 def made(tiny, tmp_path_factory):
     """Two real runs and the logs around them, then the tool once over all of it."""
     root = tmp_path_factory.mktemp("workshop")
-    procs = [start_run(root, "baseline", BASELINE, tiny),  # both at once: ~20 s, not ~30
+    procs = [start_run(root, "baseline", BASELINE, tiny, save_strategy="epoch"),  # both at once
              start_run(root, "deepspeed-single-gpu", ZERO2, tiny, "ds_zero2.json")]
     for proc, stage, name in zip(procs, ["baseline", "deepspeed-single-gpu"], [BASELINE, ZERO2]):
         assert proc.wait(timeout=300) == 0, (root / stage / "log" / f"{name}.out").read_text()[-3000:]
+    for stage, name in (("baseline", BASELINE), ("deepspeed-single-gpu", ZERO2)):  # no printed dicts
+        out = root / stage / "log" / f"{name}.out"
+        out.write_text(re.sub(r"\{'[^{}]*\}", "", out.read_text()))
+        assert "train_samples_per_second" not in out.read_text()
     log = root / "baseline" / "log"
     shutil.copy(GPU_CSV, log / f"{BASELINE}-gpu-memory-gpu01.csv")
     (log / f"{BASELINE}-host-memory-gpu01.csv").write_text(
@@ -69,26 +109,38 @@ def made(tiny, tmp_path_factory):
     shutil.copy(GPU_CSV, log / f"{MULTI}-gpu-memory-gpu01.csv")
     shutil.copy(GPU_CSV_NOUNITS, log / f"{MULTI}-gpu-memory-gpu02.csv")
 
-    # Died mid-way: after epoch 1's checkpoint, with the metrics train.py writes on failure.
-    died = root / "baseline" / "runs" / "baseline-died"
-    shutil.copytree(root / "baseline" / "runs" / BASELINE / "checkpoint-2", died / "checkpoint-2")
-    metrics = json.loads((root / "baseline" / "runs" / BASELINE / "run_metrics.json").read_text())
-    metrics.update(complete=False, epochs=metrics["epochs"][:1], global_step=2, train_loss=None,
+    # Failed after epoch 1's checkpoint (out of GPU memory), with the metrics train.py writes
+    # then; its log ends with train.py's error line, then DeepSpeed's launcher's.
+    runs, metrics = root / "baseline" / "runs", metrics_of(root, "baseline", BASELINE)
+    died = runs / "baseline-died"
+    shutil.copytree(runs / BASELINE / "checkpoint-2", died / "checkpoint-2")
+    error = "out of GPU memory (CUDA out of memory. Tried to allocate 1.91 GiB.): try ZeRO with offload"
+    metrics.update(status="failed", error=error, epochs=metrics["epochs"][:1], global_step=2, train_loss=None,
                    train_runtime=None, train_samples_per_second=None)
     (died / "run_metrics.json").write_text(json.dumps(metrics))
-    (root / "baseline" / "log" / "baseline-died.out").write_text(  # its end, as a CUDA OOM leaves it
+    (root / "baseline" / "log" / "baseline-died.out").write_text(
         "run baseline-died on gpu01, output in runs/baseline-died\nTraceback (most recent call last):\n"
         '  File "train.py", line 230, in <module>\ntorch.OutOfMemoryError: CUDA out of memory. '
-        "Tried to allocate 1.91 GiB. GPU 0 has a total capacity of 79.19 GiB\n")
+        f"Tried to allocate 1.91 GiB.\nerror: {error}\n" + LAUNCHER_END)
     # Stopped on the time limit's warning after step 2 (checkpointed), waiting for its requeue.
-    stopped = root / "baseline" / "runs" / "baseline-stopped"
-    shutil.copytree(root / "baseline" / "runs" / BASELINE / "checkpoint-2", stopped / "checkpoint-2")
-    metrics.update(stopped_on_request_at_step=2)
+    stopped = runs / "baseline-stopped"
+    shutil.copytree(runs / BASELINE / "checkpoint-2", stopped / "checkpoint-2")
+    metrics.update(status="stopped_on_request", error=None, stopped_on_request_at_step=2)
     (stopped / "run_metrics.json").write_text(json.dumps(metrics))
-    # Started by hand with another --output_dir, model a hub id that is not here (offline).
+    # Killed before it could write its metrics (SIGKILL): a checkpoint and the launcher's last word.
+    killed = runs / "baseline-killed"
+    shutil.copytree(runs / BASELINE / "checkpoint-2", killed / "checkpoint-2")
+    (root / "baseline" / "log" / "baseline-killed.out").write_text(
+        "run baseline-killed on gpu01, output in runs/baseline-killed\n" + LAUNCHER_END)
+    # A metrics file of a schema this tool does not know: refused, in one line.
+    future = runs / "baseline-future"
+    future.mkdir()
+    (future / "run_metrics.json").write_text(json.dumps({**metrics, "schema_version": 3}))
+    # Started by hand with another --output_dir, a version 1 file whose model is a hub id that
+    # is not here (offline).
     by_hand = root / "elsewhere" / "my-run"
     by_hand.mkdir(parents=True)
-    metrics = json.loads((root / "deepspeed-single-gpu" / "runs" / ZERO2 / "run_metrics.json").read_text())
+    metrics = as_version_1(metrics_of(root, "deepspeed-single-gpu", ZERO2))
     (by_hand / "run_metrics.json").write_text(json.dumps({**metrics, "model": "no-such-org/no-such-model"}))
 
     paths = [root / "baseline", root / "baseline" / "runs" / BASELINE,  # the same run twice
@@ -96,7 +148,7 @@ def made(tiny, tmp_path_factory):
     proc = tool(*paths, "--csv", root / "csv", "--plots", root / "plots", cwd=root)
     assert proc.returncode == 0, proc.stderr
     tables = {name: list(csv.DictReader((root / "csv" / f"{name}.csv").read_text().splitlines()))
-              for name in ("objective1", "objective2", "comparison")}
+              for name in ("objective1", "objective2", "time", "comparison")}
     return root, proc, tables
 
 
@@ -110,13 +162,19 @@ def number(value):
     return float(value) if value != "" else None
 
 
+def note(proc, label):
+    """The Notes' line about one run."""
+    lines = [line for line in proc.stdout.splitlines() if line.startswith(f"- {label}: ")]
+    assert len(lines) == 1, (label, proc.stdout)
+    return lines[0]
+
+
 @pytest.mark.parametrize("stage, name", [("baseline", BASELINE), ("deepspeed-single-gpu", ZERO2)])
 def test_objective1_matches_the_trainers_own_records(made, stage, name):
     root, _, tables = made
-    run_dir = root / stage / "runs" / name
-    state = state_of(run_dir)
+    state = state_of(root / stage / "runs" / name)
     ours = row(tables["objective1"], name)
-    assert ours["status"] == "complete" and ours["epochs"] == "2/2"
+    assert ours["status"] == "complete" and ours["epochs"] == "2/2" and ours["label"] == LABELS[name]
     evals = [e for e in state["log_history"] if "eval_loss" in e]
     assert [number(ours[f"eval loss ep{i + 1}"]) for i in range(2)] == [e["eval_loss"] for e in evals]
     assert int(ours["steps/epoch"]) == state["max_steps"] // state["num_train_epochs"]
@@ -124,10 +182,11 @@ def test_objective1_matches_the_trainers_own_records(made, stage, name):
     assert number(ours["train loss"]) == pytest.approx(sum(step_losses) / len(step_losses), rel=1e-4)
     mean_eval_speed = sum(e["eval_samples_per_second"] for e in evals) / len(evals)
     assert number(ours["eval samples/s"]) == pytest.approx(mean_eval_speed)
-    printed = (root / stage / "log" / f"{name}.out").read_text()  # the Trainer's final dict, 4 digits
-    printed_speed = float(printed.split("'train_samples_per_second': '")[1].split("'")[0])
-    assert number(ours["train samples/s"]) == pytest.approx(printed_speed, rel=1e-3)
-    assert number(ours["steady samples/s"]) > 0
+    final = next(e for e in state["log_history"] if "train_samples_per_second" in e)  # the Trainer's own
+    assert number(ours["train samples/s"]) == pytest.approx(final["train_samples_per_second"])
+    metrics = metrics_of(root, stage, name)
+    assert number(ours["steady samples/s"]) == pytest.approx(metrics["steady_train_samples_per_second"])
+    assert metrics["steady_train_samples_per_second"] > 0
 
 
 def raw_gpu_stats(path):
@@ -151,12 +210,13 @@ def test_objective2_per_gpu_and_node_with_and_without_units(made):
             assert (number(r["peak MiB"]), number(r["min MiB"]), int(r["samples"])) == (peak, low, samples)
             assert number(r["mean MiB"]) == pytest.approx(mean)
             assert number(r["total MiB"]) == 81559 and r["name"] == "NVIDIA H100 80GB HBM3"
-    assert f"{ZERO2}-gpu-memory-gpu02.csv is empty" in proc.stdout  # a note; the run still reported
+    # The empty CSV: one line on stderr; the run is still reported.
+    assert f"{ZERO2}-gpu-memory-gpu02.csv is empty\n" in proc.stderr and "is empty" not in proc.stdout
     assert row(tables["objective1"], MULTI)["status"] == "logs only"
 
 
 def test_comparison_measured_memory_and_deepspeeds_estimate(made, tiny):
-    _, proc, tables = made
+    root, proc, tables = made
     from transformers import AutoModelForCausalLM
     params = sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(tiny / "model").parameters())
     base, zero2 = row(tables["comparison"], BASELINE), row(tables["comparison"], ZERO2)
@@ -170,76 +230,210 @@ def test_comparison_measured_memory_and_deepspeeds_estimate(made, tiny):
     # the GPU, 4P x GPUs per node x 1.5 on the host.
     assert number(zero2["est. GPU MiB"]) == pytest.approx((2 * params + 18 * params) / 2**20, abs=1e-5)
     assert number(zero2["est. host MiB"]) == pytest.approx(4 * params * 1.5 / 2**20, abs=1e-5)
-    metrics = json.loads((made[0] / "deepspeed-single-gpu" / "runs" / ZERO2 / "run_metrics.json").read_text())
+    metrics = metrics_of(root, "deepspeed-single-gpu", ZERO2)
+    assert metrics["parameters"] == params  # what the estimate is built from: the metrics' architecture
     assert number(zero2["samples/s"]) == pytest.approx(metrics["steady_train_samples_per_second"])
     assert number(zero2["samples/s/GPU"]) == pytest.approx(metrics["steady_train_samples_per_second"])
     assert number(zero2["host MiB/rank"]) == pytest.approx(max(metrics["peak_host_rss_mib"]))
-    assert "DeepSpeed's estimate assumes fp16/bf16" in proc.stdout
+    # A caveat once, for the runs it concerns (the fp32 DeepSpeed runs whose estimate is shown).
+    said = [line for line in proc.stdout.splitlines() if "DeepSpeed's estimate assumes fp16/bf16" in line]
+    assert len(said) == 1 and said[0].endswith(f" — {LABELS[ZERO2]}"), said
 
 
-def test_markdown_and_plots(made):
+@pytest.mark.parametrize("stage, name", [("baseline", BASELINE), ("deepspeed-single-gpu", ZERO2)])
+def test_where_the_time_went_adds_up_to_the_wall_time(made, stage, name):
+    root, _, tables = made
+    ours, metrics = row(tables["time"], name), metrics_of(root, stage, name)
+    parts = {part: number(ours[f"{part.replace('_', ' ')} s"]) for part in TIME_PARTS}
+    assert parts == pytest.approx(metrics["time_seconds"]) and ours["label"] == LABELS[name]
+    wall = number(ours["wall s"])
+    assert wall == pytest.approx(metrics["wall_seconds"]) and sum(parts.values()) == pytest.approx(wall, rel=0.05)
+    work = parts["training_steps"] + parts["evaluation"] + parts["answer_generation"]
+    assert number(ours["fixed cost s"]) == pytest.approx(wall - work) and work > 0
+    mine = row(tables["time"], "my-run")  # schema version 1: no parts, and its wall is not the job's
+    assert all(mine[c] == "" for c in mine if c.endswith(" s"))
+
+
+def test_markdown_labels_and_plots(made):
     root, proc, tables = made
     out = proc.stdout
-    for heading in ("## Objective 1", "## Objective 2", "## Comparison across runs", "## Notes"):
-        assert heading in out
+    for heading in ("## Objective 1", "## Objective 2", "## Where the time went", "## Comparison across runs",
+                    "## Notes"):
+        assert out.count(heading) == 1
     assert "[WARNING]" not in out and "| run " in out  # stdout is Markdown only
     assert sum(r["run"] == BASELINE for r in tables["objective1"]) == 1  # given twice, listed once
-    for name in ("loss.png", "gpu-memory.png"):
+    for name, label in LABELS.items():  # the Markdown shows what a run is; the CSV files both
+        assert f"| {label} " in out and f"| {name} " not in out
+    labels = [r["label"] for r in tables["objective1"]]
+    assert len(set(labels)) == len(labels) and "bloom-133k baseline fp32 1 CPU rank (baseline-died)" in labels
+    for name in ("loss.png", "gpu-memory.png", "time.png"):
         assert (root / "plots" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_speeds_from_the_cpu_are_flagged_once(made):
+    _, proc, tables = made
+    warnings = [line for line in proc.stdout.splitlines() if "say nothing about GPU speed" in line]
+    assert len(warnings) == 1
+    with_metrics = [r["label"] for r in tables["objective1"] if r["status"] not in ("logs only", "killed or running")]
+    assert all(label in warnings[0] for label in with_metrics) and "baseline-killed" not in warnings[0]
+
+
+def test_each_run_has_its_own_colour_in_the_plots():
+    tables = tables_module()
+    for n in (2, 5, 10, 14, 20, 31):
+        runs = [tables.Run(f"run-{i}", label=f"label {i}") for i in range(n)]
+        colours = tables.colours(runs)
+        assert len({tuple(round(c, 3) for c in tables_colour(c)) for c in colours.values()}) == n
+
+
+def tables_colour(colour):
+    import matplotlib.colors
+    return matplotlib.colors.to_rgb(colour)
 
 
 @pytest.mark.parametrize("stage, name", [("baseline", BASELINE), ("deepspeed-single-gpu", ZERO2)])
 def test_answer_quality_before_and_after(made, stage, name):
     root, _, tables = made
     ours = row(tables["objective1"], name)
-    quality = json.loads((root / stage / "runs" / name / "run_metrics.json").read_text())["answer_quality"]
+    quality = metrics_of(root, stage, name)["answer_quality"]
     for when in ("before", "after"):
         assert number(ours[f"EM {when}"]) == pytest.approx(quality[when]["exact_match"])
         assert number(ours[f"F1 {when}"]) == pytest.approx(quality[when]["f1"])
 
 
-def test_a_run_that_died_mid_way_says_so_and_reports_what_exists(made):
+def test_a_failed_run_says_why_in_train_pys_words_not_the_launchers(made):
     root, proc, tables = made
     died = row(tables["objective1"], "baseline-died")
-    assert died["status"] == "died mid-way" and died["epochs"] == "1/2"
+    assert died["status"] == "failed" and died["epochs"] == "1/2"
     assert died["train loss"] == died["train samples/s"] == "" and number(died["steady samples/s"]) > 0
     first_eval = next(e for e in state_of(root / "baseline" / "runs" / BASELINE)["log_history"] if "eval_loss" in e)
     assert number(died["eval loss ep1"]) == first_eval["eval_loss"]
     assert died["eval loss ep2"] == ""
-    note = next(line for line in proc.stdout.splitlines() if line.startswith("- baseline-died: died mid-way"))
-    assert "run_metrics.json says complete=false; 1 of 2 epochs evaluated, step 2 of 4 checkpointed" in note
-    assert "last error in baseline-died.out: torch.OutOfMemoryError: CUDA out of memory." in note
+    said = note(proc, died["label"])
+    assert said.startswith(f"- {died['label']}: failed: out of GPU memory (CUDA out of memory. Tried to "
+                           "allocate 1.91 GiB.): try ZeRO with offload; ")
+    assert said.endswith("1 of 2 epochs evaluated, step 2 of 4, newest checkpoint-2") and "return code" not in said
+
+
+def test_a_run_killed_before_its_metrics_reports_its_checkpoint(made):
+    root, proc, tables = made
+    killed = row(tables["objective1"], "baseline-killed")
+    assert (killed["status"], killed["epochs"], killed["label"]) == ("killed or running", "1/2", "baseline-killed")
+    first_eval = next(e for e in state_of(root / "baseline" / "runs" / BASELINE)["log_history"] if "eval_loss" in e)
+    assert number(killed["eval loss ep1"]) == first_eval["eval_loss"]
+    said = note(proc, "baseline-killed")
+    assert "1 of 2 epochs evaluated, step 2 of 4, newest checkpoint-2" in said
+    assert said.endswith("the launcher: a rank exited with return code 1")  # all its log says
 
 
 def test_a_run_stopped_on_the_time_limits_warning_says_it_will_resume(made):
     root, proc, tables = made
     stopped = row(tables["objective1"], "baseline-stopped")
     assert stopped["status"] == "stopped to resume" and stopped["epochs"] == "1/2"
-    note = next(line for line in proc.stdout.splitlines() if line.startswith("- baseline-stopped:"))
-    assert ("stopped on request (the time limit's warning) after step 2, checkpointed, to be "
-            "resumed; 1 of 2 epochs evaluated, step 2 of 4 checkpointed") in note
+    assert note(proc, stopped["label"]).endswith(
+        ": stopped on request (the time limit's warning) after step 2, checkpointed, to be resumed; "
+        "1 of 2 epochs evaluated, step 2 of 4, newest checkpoint-2")
 
 
-def test_a_model_that_cannot_be_found_leaves_the_estimate_blank(made):
+def test_an_unknown_schema_version_is_refused_in_one_line(made):
+    root, proc, tables = made
+    refused = [line for line in proc.stderr.splitlines() if "baseline-future" in line]
+    assert refused == [f"tables: refused {root / 'baseline' / 'runs' / 'baseline-future' / 'run_metrics.json'}: "
+                       "schema_version 3 is unknown to this tool, which reads versions 1 and 2 (docs/metrics.md)"]
+    assert "Traceback" not in proc.stderr and all(r["run"] != "baseline-future" for r in tables["objective1"])
+
+
+def test_a_version_1_file_whose_model_cannot_be_found(made):
     _, proc, tables = made
-    mine = row(tables["comparison"], "my-run")
-    assert mine["est. GPU MiB"] == "" and mine["ZeRO"] == "2"
-    notes = [line for line in proc.stdout.splitlines() if line.startswith("- my-run: no memory estimate")]
-    assert len(notes) == 1 and "no-such-org/no-such-model" in notes[0]
+    mine, theirs = row(tables["comparison"], "my-run"), row(tables["comparison"], ZERO2)
+    assert row(tables["objective1"], "my-run")["status"] == "complete"  # `complete: true`
+    assert mine["est. GPU MiB"] == "" and (mine["ZeRO"], mine["samples/s"]) == ("2", theirs["samples/s"])
+    assert mine["label"] == "no-such-model ZeRO-2 fp32 1 CPU rank (my-run)"
+    said = [line for line in proc.stdout.splitlines() if line.startswith("- No memory estimate")]
+    assert len(said) == 1 and "no-such-org/no-such-model" in said[0] and said[0].endswith(f" — {mine['label']}")
+
+
+def test_the_plan_beside_the_measurement(made):
+    """tools/plan.py's predict where it exists; else blank plan columns and one note."""
+    root, proc, tables = made
+    planned = [line for line in proc.stdout.splitlines() if "tools/plan.py" in line]
+    if not PLAN_PY.exists():
+        assert all(r["plan GPU MiB"] == r["plan host MiB"] == "" for r in tables["comparison"])
+        assert len(planned) == 1 and planned[0].startswith("- plan GPU MiB, plan host MiB blank: tools/plan.py "
+                                                           "cannot be imported")
+        return
+    sys.path.insert(0, str(ROOT / "tools"))
+    from plan import predict
+    from transformers import AutoConfig
+    for stage, name in (("baseline", BASELINE), ("deepspeed-single-gpu", ZERO2)):
+        m, ours = metrics_of(root, stage, name), row(tables["comparison"], name)
+        arch = dict(m["architecture"])
+        expected = predict(AutoConfig.for_model(arch.pop("model_type"), **arch),
+                           **{k: m[k] for k in tables_module().PLAN_SETTINGS})
+        assert (number(ours["plan GPU MiB"]), number(ours["plan host MiB"])) == pytest.approx(
+            (expected["gpu_mib"], expected["host_mib"]))
+
+
+def test_the_plan_is_called_with_the_runs_settings(made):
+    """The call the comparison makes, with a stand-in predict (tools/plan.py's signature)."""
+    root = made[0]
+    tables = tables_module()
+    calls = []
+
+    def predict(model_config_or_name, *, world_size, nodes, per_device_train_batch_size,
+                gradient_accumulation_steps, max_length, precision, zero_stage, offload_optimizer,
+                offload_param, gradient_checkpointing, fast_path, compile_blocks, pad_to_max_length):
+        calls.append({k: v for k, v in locals().items() if k != "calls"})
+        return dict(gpu_mib=1000.0 + max_length, host_mib=2000.0 + world_size, model_states_mib=1.0,
+                    activations_mib=1.0, logits_mib=1.0, workspace_mib=1.0)
+
+    run = tables.load(tables.runs_in(root / "deepspeed-single-gpu" / "runs" / ZERO2)[0])
+    columns = tables.estimate(run, predict).estimate
+    m = metrics_of(root, "deepspeed-single-gpu", ZERO2)
+    assert (columns["plan GPU MiB"], columns["plan host MiB"]) == (1000.0 + m["max_length"], 2000.0 + 1)
+    (call,) = calls
+    assert call["model_config_or_name"].hidden_size == m["architecture"]["hidden_size"]
+    assert {k: v for k, v in call.items() if k != "model_config_or_name"} == {k: m[k] for k in tables.PLAN_SETTINGS}
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no such GPU")
+    assert "no plan: tools/plan.py's predict failed (RuntimeError: no such GPU)" in tables.estimate(run, broken).caveats
+
+
+def test_why_a_run_failed_prefers_the_projects_own_words(tmp_path):
+    """train.py's `error:` line, then SLURM's, then the metrics' error, then an exception's,
+    then the launcher's; the last of the best kind found."""
+    failure, out = tables_module().failure, tmp_path / "job.out"
+    cancelled = "slurmstepd: error: *** JOB 7 ON gpu01 CANCELLED AT 2026-11-24T10:47:06 DUE TO TIME LIMIT ***"
+    for log, recorded, says in [
+            ("error: first\nValueError: x\nerror: out of GPU memory\n" + LAUNCHER_END, "recorded",
+             "out of GPU memory"),
+            ("Traceback\nRuntimeError: boom\n" + LAUNCHER_END, "stopped by signal 15", "stopped by signal 15"),
+            ("Traceback\nRuntimeError: boom\n" + LAUNCHER_END, None, "RuntimeError: boom"),
+            (LAUNCHER_END + cancelled + "\n", "stopped by signal 15",
+             "SLURM: CANCELLED AT 2026-11-24T10:47:06 DUE TO TIME LIMIT"),
+            (LAUNCHER_END, None, "the launcher: a rank exited with return code 1"),
+            ("all went well\n", None, None)]:
+        out.write_text(log)
+        assert failure(out, recorded) == says, log
 
 
 def test_nothing_to_report_exits_non_zero_with_one_line(tmp_path):
     (tmp_path / "empty").mkdir()
     (tmp_path / "unrelated").mkdir()
     (tmp_path / "unrelated" / "notes.txt").write_text("hello\n")
-    for stage, name, text in [("a", "job-7-gpu-memory-gpu01.csv", ""),  # a logger that never wrote
-                              ("b", "job-8-host-memory-gpu01.csv", "timestamp,rss_mib\n")]:
-        (tmp_path / stage / "log").mkdir(parents=True)
-        (tmp_path / stage / "log" / name).write_text(text)
+    for stage, name, text in [("a", "log/job-7-gpu-memory-gpu01.csv", ""),  # a logger that never wrote
+                              ("b", "log/job-8-host-memory-gpu01.csv", "timestamp,rss_mib\n"),
+                              ("c", "runs/job-9/run_metrics.json", '{"status": "comp'),  # cut off
+                              ("d", "runs/job-10/run_metrics.json", '{"schema_version": 99}')]:
+        (tmp_path / stage / name).parent.mkdir(parents=True)
+        (tmp_path / stage / name).write_text(text)
     for path, says in [("missing", "missing does not exist"), ("empty", "no run in empty"),
                        ("unrelated", "no run in unrelated"),
                        ("a/log/job-7-gpu-memory-gpu01.csv", "job-7-gpu-memory-gpu01.csv is empty"),
-                       ("b", "job-8-host-memory-gpu01.csv has a header but no readings")]:
+                       ("b", "job-8-host-memory-gpu01.csv has a header but no readings"),
+                       ("c", "job-9/run_metrics.json cannot be read (JSONDecodeError"),
+                       ("d", "job-10/run_metrics.json: schema_version 99 is unknown to this tool")]:
         proc = tool(path, "--no-plots", cwd=tmp_path)
         assert proc.returncode == 1 and proc.stdout == "", path
         assert proc.stderr.startswith("tables: nothing to report") and proc.stderr.count("\n") == 1, proc.stderr
@@ -250,7 +444,19 @@ def test_a_missing_path_beside_a_good_one_is_reported_but_not_fatal(made):
     root = made[0]
     proc = tool("missing", root / "baseline" / "runs" / BASELINE, "--no-plots", "--no-estimate", cwd=root)
     assert proc.returncode == 0 and "tables: missing does not exist" in proc.stderr
-    assert BASELINE in proc.stdout
+    assert "| baseline fp32 1 CPU rank (job 101) |" in proc.stdout  # one model: not named
+
+
+def test_a_log_folder_finds_a_run_folder_named_by_an_absolute_path(made, tmp_path):
+    """OUTPUT_DIR=/scratch/... : the job's first line names the run folder absolutely."""
+    run_dir = tmp_path / "scratch" / "mine"
+    shutil.copytree(made[0] / "baseline" / "runs" / BASELINE, run_dir)
+    (tmp_path / "stage" / "log").mkdir(parents=True)
+    (tmp_path / "stage" / "log" / "baseline-7.out").write_text(f"run baseline-7 on gpu01, output in {run_dir}\n")
+    proc = tool(tmp_path / "stage" / "log", "--no-plots", "--no-estimate", "--csv", tmp_path / "csv", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    ours = row(list(csv.DictReader((tmp_path / "csv" / "objective1.csv").read_text().splitlines())), "baseline-7")
+    assert (ours["status"], ours["label"]) == ("complete", "baseline fp32 1 CPU rank (job 7)")
 
 
 def test_help_explains_every_column(made):
@@ -283,29 +489,45 @@ def test_the_readmes_one_liners_agree(path, made):
 
 # Captured for real on an NVIDIA H100 80GB HBM3 (device tool, 2026-11-24) while the single-GPU
 # matrix ran, `--format=csv` (with units), one reading in six; and the published results, whose
-# GPU logs are the jobs' own `--format=csv,nounits` captures on that GPU.
+# GPU logs are the jobs' own `--format=csv,nounits` captures on that GPU, and whose metrics are
+# schema version 1 (no schema_version, `complete` instead of `status`).
 REAL_GPU_CSV = FIXTURES / "nvidia-smi-h100-real.csv"
 RESULTS = ROOT / "docs" / "results" / "h100-2026-11-24"
 
 
-def test_real_h100_captures_with_and_without_units(tmp_path):
-    """The published runs, and one of them again with the with-units capture as its GPU log."""
-    stage = tmp_path / "baseline"
-    shutil.copytree(RESULTS / "baseline", stage)
-    run = sorted(p.name for p in (stage / "runs").iterdir())[0]
-    for log in (stage / "log").glob(f"{run}-gpu-memory-*.csv"):
+def test_real_h100_runs_of_schema_version_1(tmp_path):
+    """The published runs, one of them with the with-units capture as its GPU log, and the
+    architectures.json that says which BLOOM their model folders held."""
+    for stage in ("baseline", "deepspeed-single-gpu"):
+        shutil.copytree(RESULTS / stage, tmp_path / stage)
+    (tmp_path / "architectures.json").write_text(json.dumps({"/tmp/arch560": "bloom-560m"}))
+    run = sorted(p.name for p in (tmp_path / "baseline" / "runs").iterdir())[0]
+    for log in (tmp_path / "baseline" / "log").glob(f"{run}-gpu-memory-*.csv"):
         shutil.copy(REAL_GPU_CSV, log)
-    proc = tool(stage, RESULTS / "deepspeed-single-gpu", "--csv", tmp_path / "csv", "--no-plots",
-                "--no-estimate", cwd=tmp_path)
+    proc = tool("baseline", "deepspeed-single-gpu", "--csv", "csv", "--no-plots", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    objective2 = list(csv.DictReader((tmp_path / "csv" / "objective2.csv").read_text().splitlines()))
+    tables = {name: list(csv.DictReader((tmp_path / "csv" / f"{name}.csv").read_text().splitlines()))
+              for name in ("objective1", "objective2", "time", "comparison")}
     checked = 0
-    for r in objective2:
-        source = (REAL_GPU_CSV if r["run"] == run else
-                  next((RESULTS / "deepspeed-single-gpu" / "log").glob(f"{r['run']}-gpu-memory-*.csv"), None)
-                  or next((RESULTS / "baseline" / "log").glob(f"{r['run']}-gpu-memory-*.csv")))
+    for r in tables["objective2"]:
+        source = REAL_GPU_CSV if r["run"] == run else next(RESULTS.glob(f"*/log/{r['run']}-gpu-memory-*.csv"))
         peak, mean, low, samples = raw_gpu_stats(source)[int(r["gpu"])]
         assert (number(r["peak MiB"]), number(r["min MiB"]), int(r["samples"])) == (peak, low, samples)
         assert number(r["mean MiB"]) == pytest.approx(mean)
         checked += 1
     assert checked == len(list(RESULTS.glob("*/runs/*"))) >= 8
+    # Version 1 read right: status from `complete`, labels from the settings, no time parts,
+    # DeepSpeed's estimate from the architecture as published (computed when /tmp/arch560 existed).
+    published = {r["run"]: r for r in csv.DictReader((RESULTS / "comparison.csv").read_text().splitlines())}
+    for ours, comparison in zip(tables["objective1"], tables["comparison"]):
+        m = json.loads(next(RESULTS.glob(f"*/runs/{ours['run']}/run_metrics.json")).read_text())
+        assert "schema_version" not in m and m["complete"] and ours["status"] == "complete"
+        what = f"ZeRO-{m['zero_stage']}" if m["deepspeed_config"] else "baseline"
+        assert ours["label"].startswith(f"{what} ") and f" {m['precision']} 1 GPU (job " in ours["label"]
+        for column in ("est. GPU MiB", "est. host MiB", "estimate from"):
+            assert comparison[column] == pytest.approx(published[ours["run"]][column])
+    assert {r["label"] for r in tables["objective1"]} >= {"baseline fp16 1 GPU (job 888)",
+                                                          "ZeRO-3 offload opt+param bf16 1 GPU (job 7015)"}
+    assert all(r["wall s"] == "" for r in tables["time"]) and "version 1 has no time parts" in proc.stdout
+    assert "say nothing about GPU speed" not in proc.stdout
+    assert "- Random weights: speed and memory are real, losses are not — all runs" in proc.stdout

@@ -4,49 +4,62 @@
     python tools/tables.py baseline/runs/baseline-1234 --csv tables  # a run; CSV files too
     python tools/tables.py deepspeed-multi-node/log --no-plots       # a log/ folder
 
-It reads, for each run: run_metrics.json (written by train.py), trainer_state.json (the
-Trainer's log history, in the run folder or its newest checkpoint-N/), log/<run>.out, the
-nvidia-smi CSVs log/<run>-gpu-memory-<node>.csv and the host memory logs
-log/<run>-host-memory-<node>.csv, and reports whatever of them exists.
+It reads, for each run, only what is documented: run_metrics.json (docs/metrics.md, schema
+versions 1 and 2), trainer_state.json (the Trainer's log history, in the run folder or its
+newest checkpoint-N/: all there is of a run killed before its metrics), the nvidia-smi CSVs
+log/<run>-gpu-memory-<node>.csv and the host memory logs log/<run>-host-memory-<node>.csv.
+Of the job's output log/<run>.out it reads the first line ("run <name> on <host>, ... output
+in <DIR>") and, for a run that did not complete, why: the last `error: ...` line (train.py and
+the jobs print it last), else SLURM's, a Python exception's or the launcher's last word.
 
 A PATH may be a run folder (its logs are found in the log/ folder beside its runs/ folder),
-a stage's log/ folder (run folders are found through the "output in DIR" line the job
-scripts print first), a stage folder, the repository, or one file of a run. A run reached
+a stage's log/ folder, a stage folder, the repository, or one file of a run. A run reached
 through several PATHs is listed once.
 
-Below the tables, Notes say what is missing or odd for each run: a run that died mid-way,
-an empty or unreadable CSV, why there is no memory estimate. Problems with a PATH go to
-stderr; the exit status is 1 only when nothing at all can be reported. The memory estimate
-reads the model's config.json from the run folder, and only when there is none the model
-named in run_metrics.json (set HF_HUB_OFFLINE=1 where the hub cannot be reached).
+Below the tables, Notes say what is missing or odd: for each run that did not complete, how
+far it got and why; each caveat once, with the runs it concerns. A file that cannot be read
+(empty CSV, unreadable JSON, a metrics file of an unknown schema_version) is one line on
+stderr; the exit status is 1 only when nothing at all can be reported. The estimates build
+the model on the meta device from its config: run_metrics.json's architecture (v2), else the
+saved model in the run folder, else an architectures.json beside the results mapping the
+model's path to a BLOOM size (v1), else the model folder the metrics name.
 """
 import argparse
-import ast
 import contextlib
 import glob
 import importlib.util
 import json
 import re
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pandas as pd
 
 COLUMNS = """\
+In every table:
+  run                the run's folder name (CSV files only: the Markdown shows the label)
+  label              what the run is: baseline or ZeRO stage (and offload: optimizer, +param),
+                     fast path, gradient checkpointing, precision, GPUs (nodes x GPUs per node
+                     on several nodes; CPU ranks without a GPU), and the job id (the run
+                     name's last part; the metrics' slurm_job_id)
+  stage              the stage folder the run belongs to
 Objective 1 (one row per run):
-  status             complete; stopped to resume (saved on the time limit's warning, requeued);
-                     died mid-way (run_metrics.json says complete=false); or why
-                     there is no metrics file (killed, time limit, still running)
+  status             complete; stopped to resume (saved on the time limit's warning,
+                     requeued); failed or interrupted (run_metrics.json says so; the Notes say
+                     why); without run_metrics.json: no metrics file (trainer_state.json says
+                     it finished), killed or running (checkpoints only), failed or logs only
   epochs             epochs evaluated, of those planned where trainer_state.json says
   steps/epoch        optimizer steps per epoch
-  train loss         the Trainer's train_loss: mean loss over all steps of the run, as printed
-                     at its end (blank when the run did not finish)
+  train loss         the Trainer's train_loss: mean loss over all steps of the run (blank
+                     when the run did not finish)
   eval loss epN      evaluation loss after epoch N
   train samples/s    the Trainer's train_samples_per_second: the whole train() call, so
                      start-up, evaluation and checkpoint saving included
-  steady samples/s   optimizer steps only, first step excluded (train.py's StepTimer),
-                     all GPUs together: the speed to compare configurations by
+  steady samples/s   optimizer steps only, first step and compiling steps excluded, all GPUs
+                     together: the speed to compare configurations by. Measured on the CPU
+                     (no GPU name and no GPU allocation in run_metrics.json) it says nothing
+                     about GPU speed, and a warning says so
   eval samples/s     the Trainer's eval_samples_per_second, mean over the epochs
   EM before, F1 before, EM after, F1 after
                      SQuAD exact match and F1 (%) of the model's greedy answers to the
@@ -58,19 +71,25 @@ Objective 2 (one row per GPU, from nvidia-smi's memory.used, sampled every secon
                      memory.used over the whole log, which starts before the model is loaded
                      (min is usually the idle GPU) and includes CUDA context and cache
   total MiB          memory.total: what the GPU has
+Where the time went (one row per run, seconds; schema 2 only, blank for version 1 files,
+whose wall_seconds began at trainer.train()):
+  wall s             from the job's start to run_metrics.json (wall_seconds)
+  startup s, compiling s, training steps s, evaluation s, checkpoint saving s,
+  answer generation s, final save s, other s
+                     time_seconds: they add up to wall s (docs/metrics.md says what each holds)
+  fixed cost s       wall s less training steps, evaluation and answer generation: what the
+                     job pays whatever its length (start-up, compiling, saving)
 Comparison (one row per run):
-  stage              the stage folder the run belongs to
   ZeRO, offload      ZeRO stage ('-' without DeepSpeed); devices the optimizer states
                      (opt) and parameters (param) are offloaded to
-  precision          fp16, bf16 or fp32 (fp16 is turned off on machines without a GPU)
+  precision          fp16, bf16 or fp32 (fp32 on the CPU)
   GPUs, nodes        ranks (world size) and nodes of the run
   samples/s, samples/s/GPU
                      steady samples/s (above), in total and divided by GPUs
   peak GPU MiB       highest memory.used of any GPU in the run's nvidia-smi CSVs (every GPU
                      nvidia-smi sees on the node: on a shared node, others' jobs too)
   peak alloc MiB     highest torch.cuda.max_memory_allocated() of any rank (tensors only)
-  peak host MiB      highest total resident memory of the training processes of a node
-                     (the host memory log)
+  peak host MiB      highest resident memory of a node's training ranks (the host memory log)
   host MiB/rank      highest peak RSS of one rank (ru_maxrss, from run_metrics.json)
   est. GPU MiB       memory for model states (parameters, gradients, optimizer states) per
                      GPU, from DeepSpeed's own estimators (stage_1_and_2 and stage3
@@ -83,17 +102,38 @@ Comparison (one row per run):
                      fp32 weights (4) + fp32 gradients (4) + two fp32 moments (8), which the
                      Trainer keeps for fp32 and fp16/bf16 (autocast) alike. Activations, CUDA
                      context and allocator cache are not in it.
-  est. host MiB      DeepSpeed's estimate of host memory per node for the same (blank
-                     without DeepSpeed)
-  estimate from      which of the above; blank with a note when the model's config is
-                     not found (run folder config.json, else run_metrics.json's model)
-Plots: loss.png (train loss per step, eval loss per epoch, every run) and gpu-memory.png
-(memory.used against minutes since the log started, one panel per run, a line per GPU).
+  plan GPU MiB       the project's own plan (tools/plan.py's predict for the run's settings):
+                     everything on one GPU, activations and logits included; compare with
+                     peak alloc MiB. Blank, with one note, where tools/plan.py is not there
+  est. host MiB      DeepSpeed's estimate of host memory per node (blank without DeepSpeed)
+  plan host MiB      the plan's host memory per node; compare with peak host MiB
+  estimate from      the basis of the est. columns; blank with a note when the model's
+                     config is not found
+Plots (in the plots folder, one colour per run in each): loss.png (train loss per step, eval
+loss per epoch), gpu-memory.png (memory.used against minutes since the log started, one panel
+per run, a shade of the run's colour per GPU) and time.png (where the time went, a stacked bar
+per run).
 """
+SCHEMA_VERSIONS = (1, 2)  # docs/metrics.md; a file without schema_version is version 1
+TIME_PARTS = ("startup", "compiling", "training_steps", "evaluation", "checkpoint_saving",
+              "answer_generation", "final_save", "other")
+WORK = ("training_steps", "evaluation", "answer_generation")  # the rest is the fixed cost
+# tools/plan.py's predict takes these settings, named as run_metrics.json names them.
+PLAN_SETTINGS = ("world_size", "nodes", "per_device_train_batch_size", "gradient_accumulation_steps",
+                 "max_length", "precision", "zero_stage", "offload_optimizer", "offload_param",
+                 "gradient_checkpointing", "fast_path", "compile_blocks", "pad_to_max_length")
+PLAN_DEFAULTS = dict(nodes=1, gradient_checkpointing=False, compile_blocks=False)  # absent in v1
+STATUS = {"complete": "complete", "stopped_on_request": "stopped to resume", "failed": "failed",
+          "interrupted": "interrupted"}
 LOG_FILE = re.compile(r"^(?P<run>.+?)(\.out|-(gpu|host)-memory-(?P<node>.+)\.csv)$")
-OUTPUT_LINE = re.compile(r"^run (\S+) on .*output in (.+)$", re.M)  # the job script's first line
-TRAINER_DICT = re.compile(r"\{'(?:loss|eval_loss|train_runtime)'[^{}]*\}")  # what the Trainer prints
-ERROR_LINE = re.compile(r"\b\w+(Error|Exception): |^error: |CANCELLED AT|oom.kill|\[ERROR\]|^Killed")
+OUTPUT_LINE = re.compile(r"^run (\S+) on .*output in (.+)$")  # the job's first line
+REASONS = [  # why a run failed, best first: in the job's log, and where run_metrics.json's error ranks
+    (re.compile(r"^(?!slurmstepd|srun)(?:[\w.-]+: )?error: (.+)"), "{}"),  # train.py's and the jobs' own, last
+    (re.compile(r"(CANCELLED AT .+?|.*oom[-_]kill.*?)[ *]*$"), "SLURM: {}"),
+    None,  # run_metrics.json's error (the same as train.py's error line; "stopped by signal N")
+    (re.compile(r"\b([\w.]+(?:Error|Exception): .+)"), "{}"),
+    (re.compile(r"exits with return code = (-?\d+)"), "the launcher: a rank exited with return code {}"),
+    (re.compile(r"^srun: error: (.+)"), "srun: {}")]
 SKIP_DIRS = re.compile(r"^(\.|checkpoint-|__pycache__|node_modules|tables$)")
 
 
@@ -101,13 +141,46 @@ class NoData(Exception):
     """A file that exists but holds nothing to report; the message says what is wrong."""
 
 
+class Refused(Exception):
+    """A metrics file this tool does not know how to read; the message names it."""
+
+
 @dataclass
 class Run:
+    """One run: where it is, what it left (load), and what the tables say of it (main)."""
     name: str
     run_dir: Path = None  # the Trainer's --output_dir
     log_dir: Path = None  # the stage's log/ folder
-    notes: list = field(default_factory=list)
+    metrics: dict = None  # run_metrics.json; version 1 read with a status (from `complete`)
+    state: dict = None  # trainer_state.json with the longest log history
+    gpu: pd.DataFrame = None  # the nvidia-smi CSVs, a node column added
+    host: pd.DataFrame = None  # the host memory logs, a node column added
+    epochs: list = field(default_factory=list)  # dicts: epoch, step, eval_loss, ...
+    losses: list = field(default_factory=list)  # (step, loss) of every logged step
+    status: str = None  # Objective 1's status; None: nothing to report
+    notes: list = field(default_factory=list)  # about this run alone (how far, why it stopped)
+    caveats: list = field(default_factory=list)  # said once in the Notes for all runs they concern
+    problems: list = field(default_factory=list)  # files that could not be read (stderr)
+    label: str = None  # what the run is, unique among the runs reported
+    estimate: dict = field(default_factory=dict)  # the comparison's est. and plan columns
 
+    @property
+    def m(self):
+        return self.metrics or {}
+
+    @property
+    def stage(self):
+        folder = self.log_dir or (self.run_dir.parent if self.run_dir else None)
+        return folder.parent.name if folder and folder.name in ("log", "runs") else self.m.get("stage")
+
+    @property
+    def on_cpu(self):
+        """Trained without a GPU: no GPU name and no GPU allocation in the metrics."""
+        return bool(self.metrics) and not self.m.get("gpu") and not any(
+            self.m.get("peak_gpu_memory_allocated_mib") or [])
+
+
+# Finding the runs ----------------------------------------------------------------------------
 
 def is_run_dir(path):
     """A folder the Trainer wrote to: train.py's metrics, or a checkpoint (a run killed before
@@ -117,11 +190,14 @@ def is_run_dir(path):
 
 
 def run_of_log(log_dir, name):
-    """The run of log/<name>.*, with its run folder: the one the job script's first line names
-    ("output in DIR", relative to the stage folder), else ../runs/<name>."""
+    """The run of log/<name>.*, with its run folder: the one the job's first line names
+    ("output in DIR", relative to the stage folder or absolute), else ../runs/<name>."""
     run_dir, out = log_dir.parent / "runs" / name, log_dir / f"{name}.out"
-    if out.is_file() and (m := OUTPUT_LINE.search(out.read_text(errors="replace")[:4000])):
-        run_dir = log_dir.parent / m[2].strip()
+    with contextlib.suppress(OSError):
+        with out.open(errors="replace") as lines:
+            first = next((line for line, _ in zip(lines, range(50)) if OUTPUT_LINE.match(line)), "")
+        if m := OUTPUT_LINE.match(first.strip()):
+            run_dir = log_dir.parent / m[2].strip()
     return Run(name, run_dir=run_dir if is_run_dir(run_dir) else None, log_dir=log_dir)
 
 
@@ -153,12 +229,16 @@ def merge(runs):
                 or (a.name == b.name and a.log_dir and b.log_dir and a.log_dir.resolve() == b.log_dir.resolve()))
     merged = []
     for run in runs:
-        if match := next((r for r in merged if same(r, run)), None):
-            match.run_dir, match.log_dir = match.run_dir or run.run_dir, match.log_dir or run.log_dir
-        else:
+        i = next((i for i, r in enumerate(merged) if same(r, run)), None)
+        if i is None:
             merged.append(run)
+        else:
+            merged[i] = replace(merged[i], run_dir=merged[i].run_dir or run.run_dir,
+                                log_dir=merged[i].log_dir or run.log_dir)
     return merged
 
+
+# Reading what a run left ---------------------------------------------------------------------
 
 def parse_time(column):
     """nvidia-smi's "2024/05/01 12:34:56.789" and the host logger's "2024/05/01 12:34:56"."""
@@ -187,7 +267,7 @@ def read_csv(path, needed):
     return df
 
 
-def logs(run, kind):
+def logs(run, kind, problems):
     """The run's <run>-<kind>-memory-<node>.csv files as one DataFrame with a node column."""
     frames = []
     for path in sorted(run.log_dir.glob(f"{glob.escape(run.name)}-{kind}-memory-*.csv")) if run.log_dir else []:
@@ -195,28 +275,31 @@ def logs(run, kind):
             df = read_csv(path, ["timestamp", "index", "memory.used"] if kind == "gpu" else ["timestamp", "rss_mib"])
             frames.append(df.assign(node=LOG_FILE.match(path.name)["node"]))
         except NoData as e:
-            run.notes.append(str(e))
+            problems.append(str(e))
     return pd.concat(frames, ignore_index=True) if frames else None
 
 
-def read_out(path):
-    """What the Trainer printed (eval dicts, the final train dict) and the last error line.
-
-    Only a fallback for the numbers: the printed values are rounded, and run_metrics.json
-    and trainer_state.json hold them exactly. The error line says why a run died.
-    """
+def read_metrics(path, problems):
+    """run_metrics.json as schema version 2 names it (docs/metrics.md): version 1's `complete`
+    read as a status. Refused: a schema_version this tool does not know."""
     if not path or not path.is_file():
-        return {}
-    text = path.read_text(errors="replace")
-    printed = []
-    for d in TRAINER_DICT.findall(text):
-        with contextlib.suppress(ValueError, SyntaxError, TypeError):  # a line cut or garbled
-            printed.append({k: float(v) for k, v in ast.literal_eval(d).items()})
-    errors = [line.strip() for line in re.split(r"[\r\n]+", text) if ERROR_LINE.search(line.strip())]
-    exceptions = [line for line in errors if re.search(r"\b\w+(Error|Exception): ", line)]
-    return dict(evals=[d for d in printed if "eval_loss" in d],
-                train=next((d for d in printed if "train_runtime" in d), None),
-                error=(exceptions or errors or [None])[-1])
+        return None
+    try:
+        m = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        problems.append(f"{path} cannot be read ({type(e).__name__}: {str(e)[:100]}; cut off while written?)")
+        return None
+    if not isinstance(m, dict):
+        problems.append(f"{path} holds no JSON object")
+        return None
+    version = m.get("schema_version", 1)
+    if version not in SCHEMA_VERSIONS:
+        raise Refused(f"refused {path}: schema_version {version!r} is unknown to this tool, which "
+                      f"reads versions {' and '.join(map(str, SCHEMA_VERSIONS))} (docs/metrics.md)")
+    if version == 1:
+        m = {**m, "schema_version": 1, "status": "complete" if m.get("complete") else
+             "stopped_on_request" if m.get("stopped_on_request_at_step") else "failed"}
+    return m
 
 
 def trainer_state(run_dir):
@@ -234,95 +317,186 @@ def trainer_state(run_dir):
     return max(states, key=lambda state: state.get("global_step", 0), default=None)  # ties: the run folder's
 
 
-def load(run):
-    """Everything a run left, read once; run.notes collects what is missing or odd."""
-    metrics_file = run.run_dir / "run_metrics.json" if run.run_dir else None
-    run.metrics = None
-    if metrics_file and metrics_file.is_file():
-        try:
-            run.metrics = json.loads(metrics_file.read_text())
-        except json.JSONDecodeError:
-            run.notes.append(f"{metrics_file} is not valid JSON (cut off while written?)")
-    run.state = trainer_state(run.run_dir)
-    run.out = read_out(run.log_dir / f"{run.name}.out" if run.log_dir else None)
-    run.gpu, run.host = logs(run, "gpu"), logs(run, "host")
-    history = run.state["log_history"] if run.state else []
-    if run.metrics:  # the epochs as train.py summed them up
-        run.epochs = run.metrics["epochs"]
-    else:  # from the Trainer's log history, else from what it printed
-        evals = [e for e in history if "eval_loss" in e] or run.out.get("evals", [])
-        run.epochs = [dict(epoch=round(e["epoch"]), step=e.get("step"), eval_loss=e["eval_loss"],
-                           eval_samples_per_second=e.get("eval_samples_per_second")) for e in evals]
-    run.losses = [(e["step"], e["loss"]) for e in history if "loss" in e]
-    run.status = status(run)
-    return run
-
-
-def status(run):
-    """complete / died mid-way / ...: the first thing to know about a run, and why; None when
-    the run left nothing to report."""
-    m, s, out = run.metrics, run.state, run.out
-    planned = f" of {s['num_train_epochs']}" if s else ""
-    where = f"; {len(run.epochs)}{planned} epochs evaluated"
-    where += f", step {s['global_step']} of {s['max_steps']} checkpointed" if s else ""
-    error = f"; last error in {run.name}.out: {out['error'][:200]}" if out.get("error") else ""
-    if m and m.get("complete"):
-        return "complete"
-    if m and m.get("stopped_on_request_at_step"):
-        run.notes.append(f"stopped on request (the time limit's warning) after step "
-                         f"{m['stopped_on_request_at_step']}, checkpointed, to be resumed{where}")
-        return "stopped to resume"
-    if m:
-        run.notes.append(f"died mid-way: run_metrics.json says complete=false{where}{error}; reporting what exists")
-        return "died mid-way"
-    if s or run.epochs:
-        if out.get("train"):
-            run.notes.append(f"finished, but no run_metrics.json{where}; reporting what exists")
-            return "no metrics file"
-        run.notes.append(f"no run_metrics.json: killed, out of time or still running{where}{error}; "
-                         "reporting what exists")
-        return "stopped or running"
-    if run.gpu is not None or run.host is not None or out.get("error"):
-        run.notes.append(f"no metrics and no evaluation found, only logs{error}")
-        return "failed" if out.get("error") else "logs only"
+def failure(out, recorded=None):
+    """Why a run failed, in one line: the last line of the best kind in REASONS of its job's
+    log, or the error its run_metrics.json recorded."""
+    text = out.read_text(errors="replace") if out and out.is_file() else ""
+    lines = [line.strip() for line in re.split(r"[\r\n]+", text)]
+    for reason in REASONS:
+        if reason is None and recorded:
+            return recorded
+        if reason and (found := [m[1] for line in lines if (m := reason[0].search(line))]):
+            return reason[1].format(found[-1].strip())[:300]
     return None
 
 
-SIZES = {}  # config source -> model_size's answer: each model is built once
+def load(run):
+    """Everything the run left, read once, and what follows from it: status and notes."""
+    problems = []
+    metrics = read_metrics(run.run_dir / "run_metrics.json" if run.run_dir else None, problems)
+    state = trainer_state(run.run_dir)
+    history = state["log_history"] if state else []
+    if metrics:  # the epochs as train.py summed them up
+        epochs = metrics.get("epochs") or []
+    else:  # from the Trainer's log history
+        epochs = [dict(epoch=round(e["epoch"]), step=e.get("step"), eval_loss=e["eval_loss"],
+                       eval_samples_per_second=e.get("eval_samples_per_second"))
+                  for e in history if "eval_loss" in e]
+    run = replace(run, metrics=metrics, state=state, epochs=epochs, problems=problems,
+                  losses=[(e["step"], e["loss"]) for e in history if "loss" in e],
+                  gpu=logs(run, "gpu", problems), host=logs(run, "host", problems))
+    status, notes = status_of(run)
+    return replace(run, status=status, notes=notes, caveats=caveats_of(run))
 
 
-def model_size(run):
-    """(total parameters, largest layer's parameters) of the run's model, built on the meta
-    device from its config (no weights read), or a one-line reason why not."""
-    candidates = [p.parent for p in sorted(run.run_dir.glob("**/config.json"))][:1] if run.run_dir else []
-    if model := (run.metrics or {}).get("model"):
-        stage = run.run_dir.parent.parent if run.run_dir and run.run_dir.parent.name == "runs" else Path(".")
-        candidates.append(stage / model if (stage / model).is_dir() else model)
-    if not candidates:
-        return "no config.json in the run folder and no model named in run_metrics.json"
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, logging
+def progress(run):
+    """How far a run got: epochs evaluated, steps, the newest checkpoint."""
+    s, m = run.state or {}, run.m
+    planned = f" of {s['num_train_epochs']}" if "num_train_epochs" in s else ""
+    said = [f"{len(run.epochs)}{planned} epochs evaluated"]
+    step, steps = m.get("global_step", s.get("global_step")), m.get("max_steps", s.get("max_steps"))
+    if step is not None:
+        said.append(f"step {step}" + (f" of {steps}" if steps else ""))
+    checkpoints = sorted(run.run_dir.glob("checkpoint-*/trainer_state.json"),
+                         key=lambda p: int(p.parent.name.split("-")[1])) if run.run_dir else []
+    if checkpoints:
+        said.append(f"newest {checkpoints[-1].parent.name}")
+    return ", ".join(said)
+
+
+def status_of(run):
+    """(status, notes): the first thing to know about a run, and why; status None when the
+    run left nothing to report."""
+    m = run.m
+    why = failure(run.log_dir / f"{run.name}.out" if run.log_dir else None, m.get("error"))
+    if m.get("status") == "complete":
+        return "complete", []
+    if m.get("status") == "stopped_on_request":
+        return STATUS["stopped_on_request"], [
+            f"stopped on request (the time limit's warning) after step {m.get('stopped_on_request_at_step')}, "
+            f"checkpointed, to be resumed; {progress(run)}"]
+    if m:
+        why = why or "no reason in run_metrics.json nor the job's log"
+        return STATUS.get(m["status"], str(m["status"])), [f"{m['status']}: {why}; {progress(run)}"]
+    if run.state or run.epochs:
+        if run.run_dir and (run.run_dir / "trainer_state.json").is_file():
+            return "no metrics file", [f"finished training but left no run_metrics.json; {progress(run)}"]
+        return "killed or running", [
+            f"no run_metrics.json: killed (SIGKILL, out of memory, node lost) or still running; "
+            f"{progress(run)}" + (f"; {why}" if why else "")]
+    if run.gpu is not None or run.host is not None or why:
+        return ("failed", [f"failed before training: {why}"]) if why else ("logs only", [])
+    return None, []
+
+
+def caveats_of(run):
+    """What must be said about a run's numbers, in words shared by every run it applies to."""
+    m, said = run.m, []
+    if m.get("random_weights"):
+        said.append("random weights: speed and memory are real, losses are not")
+    if run.metrics and m["schema_version"] == 1:
+        said.append("schema version 1 metrics: no time parts (their wall_seconds began at trainer.train())")
+    return said
+
+
+# What the run is -----------------------------------------------------------------------------
+
+def describe(run):
+    """What a run is, in a few words: 'ZeRO-2 offload bf16 2x4 GPUs'."""
+    m = run.m
+    what = f"ZeRO-{m.get('zero_stage', '?')}" if m.get("deepspeed_config") else "baseline"
+    offloaded = [short for short, key in (("opt", "offload_optimizer"), ("param", "offload_param"))
+                 if m.get(key) not in (None, "none")]
+    if offloaded:
+        what += " offload" + ("" if offloaded == ["opt"] else " " + "+".join(offloaded))
+    what += "".join(f" {name}" for name, key in (("fast path", "fast_path"),
+                                                  ("grad. checkpointing", "gradient_checkpointing")) if m.get(key))
+    ranks, nodes = m.get("world_size") or 1, m.get("nodes") or 1
+    per_node = ranks // nodes if nodes > 1 else ranks
+    device = "CPU rank" if run.on_cpu else "GPU"
+    count = f"{nodes}x{per_node}" if nodes > 1 else str(ranks)
+    return f"{what} {m.get('precision', '?')} {count} {device}{'s' if per_node > 1 else ''}"
+
+
+def model_of(run):
+    """The model in a word: its type and size where the metrics say them (v2: 'bloom-559M'),
+    else the last part of its path."""
+    if parameters := run.m.get("parameters"):
+        size = (f"{parameters / 1e9:.3g}B" if parameters >= 1e9 else f"{parameters / 1e6:.3g}M"
+                if parameters >= 1e6 else f"{parameters / 1e3:.3g}k")
+        return f"{(run.m.get('architecture') or {}).get('model_type', 'model')}-{size}"
+    return Path(str(run.m.get("model") or "?")).name
+
+
+def labels(runs):
+    """A label per run that says what it is and which job: 'baseline fp16 1 GPU (job 1234)',
+    preceded by the model where the runs' models differ; a run without metrics keeps its name.
+    Labels that would repeat name the run folder."""
+    def job(run):
+        tail = run.name.rsplit("-", 1)[-1]
+        job_id = run.m.get("slurm_job_id") or (tail if tail.isdigit() else None)
+        return f"job {job_id}" if job_id else run.name
+    models = len({model_of(r) for r in runs if r.metrics}) > 1
+    what = [f"{model_of(r) + ' ' if models else ''}{describe(r)}" for r in runs]
+    found = [f"{w} ({job(r)})" if r.metrics else r.name for r, w in zip(runs, what)]
+    return [f"{w} ({r.stage}/{r.name})" if r.metrics and found.count(label) > 1 else label
+            for r, w, label in zip(runs, what, found)]
+
+
+# Estimates: DeepSpeed's and the project's plan -----------------------------------------------
+
+SIZES = {}  # config -> (total parameters, largest layer's): each model is built once
+
+
+def model_config(run):
+    """The run's model config (see the module's docstring for where it is looked for), or a
+    one-line reason why there is none."""
+    from transformers import AutoConfig, BloomConfig, logging
     logging.set_verbosity_error()
-    for source in map(str, candidates):
-        if source not in SIZES:
-            try:  # the local cache first: no waiting on the hub when offline
-                try:
-                    config = AutoConfig.from_pretrained(source, local_files_only=True)
-                except OSError:
-                    config = AutoConfig.from_pretrained(source)
-                with torch.device("meta"):
-                    built = AutoModelForCausalLM.from_config(config)
-                # parameters() yields tied weights (BLOOM's embeddings and lm_head) once.
-                SIZES[source] = (sum(p.numel() for p in built.parameters()),
-                                 max(sum(p.numel() for p in m.parameters(recurse=False)) for m in built.modules()))
-            except Exception as e:  # an offline hub id, a missing folder, an unknown architecture
-                SIZES[source] = f"{source}: {type(e).__name__}: {(str(e).splitlines() or [''])[0][:150]}"
-        if isinstance(SIZES[source], tuple):
-            return SIZES[source]
-    return "model config not found (" + "; ".join(SIZES[str(c)] for c in candidates) + ")"
+    m, tried = run.m, []
+    if arch := dict(m.get("architecture") or {}):
+        try:
+            return AutoConfig.for_model(arch.pop("model_type", None), **arch)
+        except Exception as e:  # an architecture transformers does not know
+            return f"run_metrics.json's architecture: {type(e).__name__}: {str(e)[:150]}"
+    if run.run_dir and (run.run_dir / "config.json").is_file():
+        with contextlib.suppress(Exception):
+            return AutoConfig.from_pretrained(run.run_dir)
+    model = m.get("model")
+    if not model:
+        return "no architecture and no model named in run_metrics.json"
+    sidecar = next((p / "architectures.json" for p in (run.run_dir.resolve().parents if run.run_dir else [])
+                    if (p / "architectures.json").is_file()), None)
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        if sidecar and (size := json.loads(sidecar.read_text()).get(model)):
+            from bloom_architecture import BLOOM
+            hidden, layers, heads = BLOOM[size.rsplit("/", 1)[-1]]
+            return BloomConfig(vocab_size=250_880, hidden_size=hidden, n_layer=layers, n_head=heads)
+    stage = run.run_dir.parent.parent if run.run_dir and run.run_dir.parent.name == "runs" else Path(".")
+    for source in dict.fromkeys(map(str, [stage / model, model])):  # relative to the stage folder, or a hub id
+        try:
+            return AutoConfig.from_pretrained(source, local_files_only=True)
+        except Exception as e:  # a missing folder, a hub id not cached, an unknown architecture
+            tried.append(f"{source}: {type(e).__name__}")
+    return ("model config not found (" + "; ".join(tried) +
+            (f"; {model} not in {sidecar}" if sidecar else "") + ")")
 
 
-def estimate(m, size):
+def model_size(config):
+    """(total parameters, largest layer's parameters), the model built on the meta device."""
+    key = config.to_json_string()
+    if key not in SIZES:
+        import torch
+        from transformers import AutoModelForCausalLM
+        with torch.device("meta"):
+            built = AutoModelForCausalLM.from_config(config)
+        # parameters() yields tied weights (BLOOM's embeddings and lm_head) once.
+        SIZES[key] = (sum(p.numel() for p in built.parameters()),
+                      max(sum(p.numel() for p in m.parameters(recurse=False)) for m in built.modules()))
+    return SIZES[key]
+
+
+def deepspeed_estimate(m, size):
     """(GPU MiB, host MiB, basis) of model states for the run's configuration (see --help)."""
     total, largest = size
     if not m.get("deepspeed_config"):
@@ -349,6 +523,39 @@ def estimate(m, size):
     return gpu / 2**20, cpu / 2**20, basis + (", offload" if offload_opt or offload_param else "")
 
 
+def planner():
+    """(tools/plan.py's predict, None), or (None, why it cannot be imported)."""
+    try:
+        from plan import predict
+        return predict, None
+    except Exception as e:  # not there yet, or broken: the plan columns stay blank
+        return None, f"{type(e).__name__}: {e}"
+
+
+def estimate(run, predict):
+    """The run with the comparison's estimate columns filled where its model is known, and the
+    caveats that come with them."""
+    m, caveats = run.m, list(run.caveats)
+    columns = dict.fromkeys(("est. GPU MiB", "est. host MiB", "estimate from", "plan GPU MiB", "plan host MiB"))
+    config = model_config(run) if run.metrics else None
+    if isinstance(config, str):
+        caveats.append(f"no memory estimate: {config}")
+    elif config is not None:
+        gpu, host, basis = deepspeed_estimate(m, model_size(config))
+        columns.update({"est. GPU MiB": gpu, "est. host MiB": host, "estimate from": basis})
+        if m.get("deepspeed_config") and m.get("precision") == "fp32":
+            caveats.append("trained in fp32: DeepSpeed's estimate assumes fp16/bf16 (2-byte parameters)")
+        if predict:
+            try:
+                plan = predict(config, **{k: m.get(k, PLAN_DEFAULTS.get(k)) for k in PLAN_SETTINGS})
+                columns.update({"plan GPU MiB": plan["gpu_mib"], "plan host MiB": plan["host_mib"]})
+            except Exception as e:
+                caveats.append(f"no plan: tools/plan.py's predict failed ({type(e).__name__}: {str(e)[:150]})")
+    return replace(run, estimate=columns, caveats=caveats)
+
+
+# The tables: one function each, without side effects -----------------------------------------
+
 def answer_scores(quality):
     """EM/F1 before and after training, from run_metrics.json's answer_quality (or blanks)."""
     quality = quality or {}
@@ -360,22 +567,24 @@ def objective1(runs):
     """Loss and speed: one row per run, the eval losses in one column per epoch."""
     rows = []
     for r in runs:
-        m, train = r.metrics or {}, r.out.get("train") or {}
+        m = r.m
+        final = next((e for e in reversed(r.state["log_history"]) if "train_loss" in e), {}) if r.state else {}
         evals = [e["eval_samples_per_second"] for e in r.epochs if e.get("eval_samples_per_second")]
         rows.append({
-            "run": r.label, "stage": m.get("stage", r.stage), "status": r.status,
+            "run": r.name, "label": r.label, "stage": r.stage, "status": r.status,
             "epochs": f"{len(r.epochs)}/{r.state['num_train_epochs']}" if r.state else len(r.epochs) or None,
             "steps/epoch": m.get("steps_per_epoch") or (r.epochs[0].get("step") if r.epochs else None),
-            "train loss": m.get("train_loss", train.get("train_loss")),
+            "train loss": m.get("train_loss", final.get("train_loss")),
             **{f"eval loss ep{e['epoch']}": e["eval_loss"] for e in r.epochs},
-            "train samples/s": m.get("train_samples_per_second", train.get("train_samples_per_second")),
+            "train samples/s": m.get("train_samples_per_second", final.get("train_samples_per_second")),
             "steady samples/s": m.get("steady_train_samples_per_second"),
             "eval samples/s": m.get("eval_samples_per_second") or (sum(evals) / len(evals) if evals else None),
             **answer_scores(m.get("answer_quality"))})
     df = pd.DataFrame(rows)
-    losses = sorted((c for c in df.columns if c.startswith("eval loss")), key=lambda c: int(c.split("ep")[-1]))
-    rest = [c for c in df.columns if c not in losses]
-    return df[rest[:6] + losses + rest[6:]].astype({"steps/epoch": "Int64"})
+    losses = sorted((c for c in df.columns if c.startswith("eval loss ep")), key=lambda c: int(c[12:]))
+    return df.reindex(columns=["run", "label", "stage", "status", "epochs", "steps/epoch", "train loss",
+                               *losses, "train samples/s", "steady samples/s", "eval samples/s",
+                               "EM before", "F1 before", "EM after", "F1 after"]).astype({"steps/epoch": "Int64"})
 
 
 def objective2(runs):
@@ -387,54 +596,69 @@ def objective2(runs):
             groups = gpu.groupby(["node", "index", "name"], dropna=False)
             stats = groups["memory.used"].agg(["count", "max", "mean", "min"])
             stats["total"] = groups["memory.total"].max() if "memory.total" in gpu else None
-            frames.append(stats.reset_index().assign(run=r.label))
+            frames.append(stats.reset_index().assign(run=r.name, label=r.label))
     if not frames:
         return pd.DataFrame()
     df = pd.concat(frames, ignore_index=True).rename(columns={
         "index": "gpu", "count": "samples", "max": "peak MiB", "mean": "mean MiB", "min": "min MiB",
         "total": "total MiB"})
     df["gpu"] = df["gpu"].astype("Int64")
-    return df[["run", "node", "gpu", "name", "samples", "peak MiB", "mean MiB", "min MiB", "total MiB"]]
+    return df[["run", "label", "node", "gpu", "name", "samples", "peak MiB", "mean MiB", "min MiB", "total MiB"]]
 
 
-def comparison(runs, estimates=True):
-    """The configurations side by side: speed, measured memory and DeepSpeed's estimate."""
+def time_table(runs):
+    """Where the job's time went (schema version 2): wall time, its parts, the fixed cost."""
     rows = []
     for r in runs:
-        m = r.metrics or {}
+        parts = r.m.get("time_seconds") or {}
+        wall = r.m.get("wall_seconds") if parts else None
+        rows.append({"run": r.name, "label": r.label, "wall s": wall,
+                     **{f"{p.replace('_', ' ')} s": parts.get(p) for p in TIME_PARTS},
+                     "fixed cost s": wall - sum(parts.get(p) or 0 for p in WORK) if parts else None})
+    return pd.DataFrame(rows)
+
+
+def comparison(runs):
+    """The configurations side by side: speed, measured memory and the estimates."""
+    rows = []
+    for r in runs:
+        m = r.m
         offload = ", ".join(f"{short} {m[key]}" for short, key in (("opt", "offload_optimizer"),
                             ("param", "offload_param")) if m.get(key) not in (None, "none"))
         gpus, speed = m.get("world_size"), m.get("steady_train_samples_per_second")
         highest = lambda key: max((v for v in m.get(key) or [] if v is not None), default=None)
-        row = {"run": r.label, "stage": m.get("stage", r.stage),
-               "ZeRO": (m.get("zero_stage") if m.get("deepspeed_config") else "-") if m else None,
-               "offload": offload or ("none" if m else None), "precision": m.get("precision"),
-               "GPUs": gpus, "nodes": m.get("nodes"), "samples/s": speed,
-               "samples/s/GPU": speed / gpus if speed and gpus else None,
-               "peak GPU MiB": r.gpu["memory.used"].max() if r.gpu is not None else None,
-               "peak alloc MiB": highest("peak_gpu_memory_allocated_mib"),
-               "peak host MiB": r.host["rss_mib"].max() if r.host is not None else None,
-               "host MiB/rank": highest("peak_host_rss_mib"),
-               "est. GPU MiB": None, "est. host MiB": None, "estimate from": None}
-        if m and estimates:
-            size = model_size(r)
-            if isinstance(size, tuple):
-                row["est. GPU MiB"], row["est. host MiB"], row["estimate from"] = estimate(m, size)
-                if m.get("deepspeed_config") and m.get("precision") == "fp32":
-                    r.notes.append("trained in fp32: DeepSpeed's estimate assumes fp16/bf16 (2-byte parameters)")
-            else:
-                r.notes.append(f"no memory estimate: {size}")
-        elif not m:
-            r.notes.append("no run_metrics.json: configuration unknown, no memory estimate")
-        rows.append(row)
-    return pd.DataFrame(rows).astype({"GPUs": "Int64", "nodes": "Int64"})
+        rows.append({"run": r.name, "label": r.label, "stage": r.stage,
+                     "ZeRO": (m.get("zero_stage") if m.get("deepspeed_config") else "-") if m else None,
+                     "offload": offload or ("none" if m else None), "precision": m.get("precision"),
+                     "GPUs": gpus, "nodes": m.get("nodes"), "samples/s": speed,
+                     "samples/s/GPU": speed / gpus if speed and gpus else None,
+                     "peak GPU MiB": r.gpu["memory.used"].max() if r.gpu is not None else None,
+                     "peak alloc MiB": highest("peak_gpu_memory_allocated_mib"),
+                     "peak host MiB": r.host["rss_mib"].max() if r.host is not None else None,
+                     "host MiB/rank": highest("peak_host_rss_mib"), **r.estimate})
+    return pd.DataFrame(rows).reindex(columns=[
+        "run", "label", "stage", "ZeRO", "offload", "precision", "GPUs", "nodes", "samples/s",
+        "samples/s/GPU", "peak GPU MiB", "peak alloc MiB", "peak host MiB", "host MiB/rank",
+        "est. GPU MiB", "plan GPU MiB", "est. host MiB", "plan host MiB", "estimate from",
+    ]).astype({"GPUs": "Int64", "nodes": "Int64"})
+
+
+def notes(runs, general=()):
+    """The Notes: each run's own, then each caveat once with the runs it concerns."""
+    lines = [f"- {r.label}: {note}" for r in runs for note in r.notes]
+    for caveat in dict.fromkeys(c for r in runs for c in r.caveats):
+        concerned = [r.label for r in runs if caveat in r.caveats]
+        who = "all runs" if len(concerned) == len(runs) > 1 else ", ".join(concerned)
+        lines.append(f"- {caveat[0].upper()}{caveat[1:]} — {who}")
+    return lines + [f"- {line}" for line in general]
 
 
 def markdown(df, digits, empty):
-    """df as a Markdown table, numbers rounded by column (digits: name prefix/suffix -> decimals)."""
+    """df as a Markdown table, its labels in the run column, numbers rounded by column
+    (digits: name prefix/suffix -> decimals)."""
     if df.empty:
         return empty
-    df = df.copy()
+    df = df.drop(columns="run").rename(columns={"label": "run"})
     for c in df.columns:
         d = next((n for affix, n in digits.items() if c.startswith(affix) or c.endswith(affix)), None)
         if d is not None:
@@ -443,42 +667,80 @@ def markdown(df, digits, empty):
     return df.astype(object).where(df.notna(), None).to_markdown(index=False, missingval="")
 
 
+# Plots ---------------------------------------------------------------------------------------
+
+def colours(runs):
+    """A distinct colour per run: tab10, then tab20's dark shades before its light ones, then
+    evenly spaced hues."""
+    import matplotlib
+    n = len(runs)
+    if n <= 10:
+        palette = matplotlib.colormaps["tab10"].colors[:n]
+    elif n <= 20:
+        tab20 = matplotlib.colormaps["tab20"].colors
+        palette = (tab20[0::2] + tab20[1::2])[:n]
+    else:
+        palette = [matplotlib.colormaps["hsv"](i / n) for i in range(n)]
+    return {r.label: c for r, c in zip(runs, palette)}
+
+
 def plot(runs, folder):
-    """loss.png and gpu-memory.png in folder; returns the files written."""
+    """loss.png, gpu-memory.png and time.png in folder; returns the files written."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     folder.mkdir(parents=True, exist_ok=True)
-    written = []
-    curves = [r for r in runs if r.losses or any(e.get("step") for e in r.epochs)]
-    if curves:
-        fig, ax = plt.subplots(figsize=(9, 5))
-        for i, r in enumerate(curves):
-            if r.losses:
-                ax.plot(*zip(*r.losses), "-", color=f"C{i % 10}", alpha=0.8, label=f"{r.label} train")
-            if evals := [(e["step"], e["eval_loss"]) for e in r.epochs if e.get("step")]:
-                ax.plot(*zip(*evals), "o--", color=f"C{i % 10}", markersize=7, label=f"{r.label} eval")
-        ax.set(xlabel="optimizer step", ylabel="loss", title="Train loss (each step) and eval loss (each epoch)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize="small")
+    colour, written = colours(runs), []
+
+    def save(fig, name):
         fig.tight_layout()
-        fig.savefig(folder / "loss.png", dpi=120)
+        fig.savefig(folder / name, dpi=120)
         plt.close(fig)
-        written.append(folder / "loss.png")
+        written.append(folder / name)
+
+    if curves := [r for r in runs if r.losses or any(e.get("step") for e in r.epochs)]:
+        fig, ax = plt.subplots(figsize=(11, max(5, 0.25 * len(curves) + 1)))
+        for r in curves:  # one legend entry per run: its colour
+            if r.losses:
+                ax.plot(*zip(*r.losses), "-", color=colour[r.label], alpha=0.8, label=r.label)
+            if evals := [(e["step"], e["eval_loss"]) for e in r.epochs if e.get("step")]:
+                ax.plot(*zip(*evals), "o--", color=colour[r.label], markersize=7,
+                        label=None if r.losses else r.label)
+        ax.set(xlabel="optimizer step", ylabel="loss",
+               title="Train loss (lines, each step) and eval loss (dots, each epoch)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1))
+        save(fig, "loss.png")
     if gpu_runs := [r for r in runs if r.gpu is not None]:
         fig, axes = plt.subplots(len(gpu_runs), 1, figsize=(9, 2.6 * len(gpu_runs) + 0.6), sharey=True, squeeze=False)
         for ax, r in zip(axes[:, 0], gpu_runs):
             minutes = (r.gpu["time"] - r.gpu["time"].min()).dt.total_seconds() / 60
-            for (node, gpu), rows in r.gpu.assign(minutes=minutes).groupby(["node", "index"]):
-                ax.plot(rows["minutes"], rows["memory.used"], label=f"{node} GPU {gpu:g}")
-            ax.set(title=r.label, ylabel="memory.used (MiB)")
+            gpus = list(r.gpu.assign(minutes=minutes).groupby(["node", "index"]))
+            for i, ((node, gpu), rows) in enumerate(gpus):  # darker shades of the run's colour
+                shade = [c * (1 - 0.6 * i / len(gpus)) for c in matplotlib.colors.to_rgb(colour[r.label])]
+                ax.plot(rows["minutes"], rows["memory.used"], color=shade, label=f"{node} GPU {gpu:g}")
+            ax.set_title(r.label, color=colour[r.label])
+            ax.set(ylabel="memory.used (MiB)")
             ax.grid(alpha=0.3)
             ax.legend(fontsize="small", loc="upper left", ncol=4)
         axes[-1, 0].set_xlabel("minutes since the log started")
-        fig.tight_layout()
-        fig.savefig(folder / "gpu-memory.png", dpi=120)
-        plt.close(fig)
-        written.append(folder / "gpu-memory.png")
+        save(fig, "gpu-memory.png")
+    if timed := [r for r in runs if r.m.get("time_seconds")]:
+        fig, ax = plt.subplots(figsize=(11, 0.5 * len(timed) + 1.6))
+        left = [0.0] * len(timed)
+        for i, part in enumerate(TIME_PARTS):
+            seconds = [r.m["time_seconds"].get(part) or 0 for r in timed]
+            ax.barh(range(len(timed)), seconds, left=left, color=matplotlib.colormaps["Pastel1"](i),
+                    edgecolor=[colour[r.label] for r in timed], linewidth=1.5, label=part.replace("_", " "))
+            left = [a + b for a, b in zip(left, seconds)]
+        ax.set_yticks(range(len(timed)), [r.label for r in timed])
+        for tick, r in zip(ax.get_yticklabels(), timed):
+            tick.set_color(colour[r.label])
+        ax.invert_yaxis()
+        ax.set(xlabel="seconds since the job started", title="Where the time went")
+        ax.grid(alpha=0.3, axis="x")
+        ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1))
+        save(fig, "time.png")
     return written
 
 
@@ -492,7 +754,7 @@ def main(argv=None):
                         help="where the PNG plots go (default: tables/ in the current folder)")
     parser.add_argument("--no-plots", action="store_true", help="write no plots")
     parser.add_argument("--no-estimate", action="store_true",
-                        help="skip DeepSpeed's memory estimate (it builds the model from its config)")
+                        help="skip the memory estimates (DeepSpeed's and tools/plan.py's; they build the model)")
     args = parser.parse_args(argv)
     if importlib.util.find_spec("tabulate") is None:  # what DataFrame.to_markdown needs
         sys.exit("tables: the Markdown tables need tabulate: pip install tabulate")
@@ -507,32 +769,44 @@ def main(argv=None):
             problems.append(f"no run in {path} (no run_metrics.json, checkpoint-*/trainer_state.json, "
                             f"<run>.out or <run>-gpu/host-memory-<node>.csv)")
     runs = []
-    for run in map(load, merge(found)):
+    for run in merge(found):
+        try:
+            run = load(run)
+        except Refused as e:
+            problems.append(str(e))
+            continue
         if run.status:
             runs.append(run)
+            problems += run.problems
         else:
-            problems.append(f"nothing to report for {run.name}: " + "; ".join(run.notes or ["no readable file"]))
+            problems.append(f"nothing to report for {run.name}: " + "; ".join(run.problems or ["no readable file"]))
     if not runs:
         sys.exit("tables: nothing to report: " + "; ".join(problems))
     for problem in problems:
         print(f"tables: {problem}", file=sys.stderr)
-    for run in runs:  # the stage: the folder above runs/ or log/
-        folder = run.log_dir or (run.run_dir.parent if run.run_dir else None)
-        run.stage = folder.parent.name if folder and folder.name in ("log", "runs") else None
-    names = [r.name for r in runs]
-    for run in runs:
-        run.label = f"{run.stage}/{run.name}" if names.count(run.name) > 1 and run.stage else run.name
 
-    tables = {"objective1": objective1(runs), "objective2": objective2(runs),
-              "comparison": comparison(runs, not args.no_estimate)}
-    digits = {"est.": 1, "loss": 4, "eval loss": 4, "samples/s": 2, "MiB": 0, "MiB/rank": 0}
+    general = []
+    predict, why = planner() if not args.no_estimate else (None, None)
+    if why and any(r.metrics for r in runs):
+        general.append(f"plan GPU MiB, plan host MiB blank: tools/plan.py cannot be imported ({why})")
+    runs = [replace(r, label=label) for r, label in zip(runs, labels(runs))]
+    if not args.no_estimate:
+        runs = [estimate(r, predict) for r in runs]
+    tables = {"objective1": objective1(runs), "objective2": objective2(runs), "time": time_table(runs),
+              "comparison": comparison(runs)}
+    digits = {"est.": 1, "loss": 4, "eval loss": 4, "samples/s": 2, "MiB": 0, "MiB/rank": 0, " s": 1}
     print("## Objective 1: loss and speed\n\n" + markdown(tables["objective1"], digits, ""))
+    if on_cpu := [r.label for r in runs if r.on_cpu]:
+        print(f"\n> **Warning**: speeds measured on the CPU (no GPU) say nothing about GPU speed: "
+              f"{'all runs' if len(on_cpu) == len(runs) > 1 else ', '.join(on_cpu)}.")
     print("\n## Objective 2: GPU memory from nvidia-smi (MiB)\n\n" + markdown(tables["objective2"], digits,
-                  "_no nvidia-smi CSV found (log/<run>-gpu-memory-<node>.csv)_"))
+          "_no nvidia-smi CSV found (log/<run>-gpu-memory-<node>.csv)_"))
+    timed = tables["time"] if tables["time"]["wall s"].notna().any() else tables["time"].iloc[:0]
+    print("\n## Where the time went (seconds)\n\n" + markdown(timed, digits,
+          "_no run_metrics.json of schema version 2 (version 1 has no time parts)_"))
     print("\n## Comparison across runs\n\n" + markdown(tables["comparison"], digits, ""))
-    notes = [f"- {r.label}: {n}" for r in runs for n in r.notes]
-    if notes:
-        print("\n## Notes\n\n" + "\n".join(notes))
+    if lines := notes(runs, general):
+        print("\n## Notes\n\n" + "\n".join(lines))
     if args.csv:
         args.csv.mkdir(parents=True, exist_ok=True)
         for name, df in tables.items():
