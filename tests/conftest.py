@@ -37,9 +37,11 @@ def tiny(tmp_path_factory):
 
 
 def tiny_args(tiny, **overrides):
-    """train.py arguments for a quick run on the tiny model (fp32 on CPU)."""
+    """train.py arguments for a quick run on the tiny model, on the CPU (asked for explicitly:
+    a GPU job that sees no GPU is refused; on a GPU machine these runs stay on the CPU too)."""
     args = dict(model_name_or_path=tiny / "model", dataset_name_or_path=tiny / "data",
                 train_samples=32, eval_samples=8, max_length=64, num_train_epochs=2,
-                learning_rate=2e-3, seed=0)  # a high rate: the tiny model learns in 4 steps
+                learning_rate=2e-3, seed=0,  # a high rate: the tiny model learns in 4 steps
+                use_cpu=True)
     args.update(overrides)
     return [x for k, v in args.items() for x in (f"--{k}", str(v))]

@@ -71,16 +71,21 @@ def test_fine_tuning_teaches_the_answer_and_the_saved_folder_scores_the_same(tin
     assert [a["answer"] for a in answers] == ["Tesk"] * 8
     assert all(a["references"] == ["Tesk"] and a["question"] for a in answers)
 
-    (out / "answers.jsonl").unlink()  # written again by the script on its own
-    proc = subprocess.run([sys.executable, "answer_quality.py", str(out), "--dataset_name_or_path",
-                           str(same_answer_data), "--eval_samples", "8", "--max_length", "160"],
-                          cwd=ROOT / "baseline", capture_output=True, text=True, timeout=300)
+    written = (out / "answers.jsonl").read_bytes()
+    # the script on its own takes the run's data, rows and length from its run_metrics.json,
+    # and leaves the run's answers.jsonl as it was
+    proc = subprocess.run([sys.executable, "answer_quality.py", str(out)], cwd=ROOT / "baseline",
+                          capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.startswith("exact match 100.0  F1 100.0  (8 validation questions;")
-    assert (out / "answers.jsonl").is_file()
+    assert proc.stdout.startswith(f"exact match 100.0  F1 100.0  (8 validation questions of "
+                                  f"{same_answer_data};")
+    assert (out / "answers.jsonl").read_bytes() == written
+    again = [json.loads(line) for line in (out / "answers-rescored.jsonl").read_text().splitlines()]
+    assert [a["answer"] for a in again] == ["Tesk"] * 8
 
 
 def test_the_script_refuses_a_folder_without_a_model(tmp_path):
     proc = subprocess.run([sys.executable, "answer_quality.py", str(tmp_path)], cwd=ROOT / "baseline",
                           capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 1 and proc.stderr.strip() == f"error: {tmp_path} holds no saved model (no config.json)"
+    assert proc.returncode == 1 and proc.stderr.strip() == (
+        f"error: {tmp_path} holds no saved model (no config.json): give a finished run's folder")

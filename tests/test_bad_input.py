@@ -1,10 +1,13 @@
-"""Bad input gets a one-line reason naming the file or value, a non-zero exit, no traceback,
-before any training starts."""
+"""Bad input gets a one-line reason naming the option or file and what to do, a non-zero exit,
+no traceback, before any training step; nothing a user saved is changed. Never silently
+wrong: a run that would train on something else than asked is refused, not run."""
+import importlib.util
 import json
 import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -12,24 +15,53 @@ import pytest
 from conftest import ROOT, tiny_args
 from test_stages import free_port
 
+# baseline/config.py itself, for the options checked where they are parsed (no subprocess:
+# a refusal through train.py is tested end to end below, for each way a run can be refused)
+_spec = importlib.util.spec_from_file_location("baseline_config", ROOT / "baseline" / "config.py")
+config = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(config)
+
 
 def train(stage, tiny, tmp_path, *extra, launcher=False, **overrides):
     args = tiny_args(tiny, output_dir=tmp_path / "out", **overrides) + list(extra)
     cmd = ([str(Path(sys.executable).with_name("deepspeed")), "--num_gpus", "1",
             "--master_port", str(free_port())] if launcher else [sys.executable])
-    return subprocess.run(cmd + ["train.py"] + args, cwd=ROOT / stage, capture_output=True,
+    start = time.monotonic()
+    proc = subprocess.run(cmd + ["train.py"] + args, cwd=ROOT / stage, capture_output=True,
                           text=True, timeout=300)
+    proc.seconds = time.monotonic() - start
+    return proc
+
+
+def parsed(tiny, tmp_path, *extra, **overrides):
+    """config.parse_args on the baseline's command line: the settings, or the refusal's text."""
+    argv = tiny_args(tiny, output_dir=tmp_path / "out", **overrides) + list(extra)
+    try:
+        return config.parse_args(argv)
+    except (ValueError, SystemExit) as e:
+        return f"error: {e}" if isinstance(e, ValueError) else str(e.code)
+
+
+def assert_refused_on_parsing(result, *words):
+    assert isinstance(result, str) and result.startswith("error: "), result
+    assert "\n" not in result
+    for word in words:
+        assert word in result, result
 
 
 def assert_refused(proc, *words):
+    """One `error:` line, the last one printed, naming *words; no traceback, no training."""
     output = proc.stdout + proc.stderr
-    assert proc.returncode != 0, output[-2000:]
+    assert proc.returncode == 1, output[-2000:]
     assert "Traceback" not in output, output[-3000:]
-    errors = [line for line in output.splitlines() if "error: " in line]
-    assert errors, output[-2000:]
+    errors = [line for line in output.splitlines() if line.startswith("error: ")]
+    assert len(set(errors)) == 1, output[-2000:]  # one reason (each rank may say it)
+    ours = [line for line in proc.stderr.splitlines() if not re.match(r"\[\d{4}-", line)]
+    assert ours[-1] == errors[0]  # the last line, but for the deepspeed launcher's own
     for word in words:
         assert word in errors[0], errors[0]
-    assert "'train_runtime'" not in output  # refused before training
+    assert "'loss'" not in output and "'train_runtime'" not in output  # before any step
+    print(f"{getattr(proc, 'seconds', 0):.1f} s: {errors[0]}")
 
 
 def write_data(tmp_path, tiny, train_rows):
@@ -98,7 +130,7 @@ def test_missing_model_folder(tiny, tmp_path):
 
 
 @pytest.mark.parametrize("content, words", [
-    (None, ["no-such.json", "does not exist"]),
+    (None, ["no-such.json", "no such file"]),
     ("{ not json", ["bad.json", "not valid JSON"]),
     ('{"zero_optimization": {"stage": 4}}', ["bad.json", "stage", "4"]),
 ])
@@ -112,17 +144,17 @@ def test_bad_deepspeed_config(tiny, tmp_path, content, words):
 
 @pytest.mark.parametrize("extra, words", [
     (["--compile_blocks", "True"], ["--compile_blocks", "--fast_path True"]),
-    (["--fast_path", "True", "--compile_blocks", "True", "--deepspeed", "ds_zero3.json"],
-     ["--compile_blocks", "ZeRO-3"]),
+    (["--fast_path", "True", "--compile_blocks", "True", "--deepspeed",
+      str(ROOT / "deepspeed-single-gpu" / "ds_zero3.json")], ["--compile_blocks", "ZeRO-3"]),
     (["--fast_path", "True", "--compile_blocks", "True", "--gradient_accumulation_steps", "4"],
      ["--compile_blocks", "--gradient_accumulation_steps 1"]),
 ])
 def test_compile_blocks_where_it_does_not_apply(tiny, tmp_path, extra, words):
-    assert_refused(train("deepspeed-single-gpu", tiny, tmp_path, *extra), *words)
+    assert_refused_on_parsing(parsed(tiny, tmp_path, *extra), *words)
 
 
 def test_deepspeed_config_contradicting_the_trainer(tiny, tmp_path):
-    config = json.loads((ROOT / "deepspeed-single-gpu" / "ds_zero2.json").read_text())
+    config = json.loads((ROOT / "deepspeed-single-gpu" / "ds_zero2_offload.json").read_text())
     config["gradient_clipping"] = 0.5  # the Trainer's max_grad_norm is 1.0
     config["optimizer"]["params"]["lr"] = 1e-3  # the Trainer's learning rate is 2e-3 here
     path = tmp_path / "edited.json"
@@ -152,22 +184,190 @@ torch.cuda.get_device_capability = lambda device=None: (5, 2)
 torch.cuda.get_device_name = lambda device=None: "Tesla M60"
 sys.argv[0] = "train.py"
 import train
-train.main(sys.argv[1:])
+train.main()
 """
 
 
 def test_fp16_on_a_gpu_without_it(tiny, tmp_path):
-    args = tiny_args(tiny, output_dir=tmp_path / "out") + ["--fp16", "True"]
+    args = tiny_args(tiny, output_dir=tmp_path / "out", use_cpu=False) + ["--fp16", "True"]
     proc = subprocess.run([sys.executable, "-c", OLD_GPU, *args], cwd=ROOT / "baseline",
                           capture_output=True, text=True, timeout=300)
     assert_refused(proc, "fp16", "compute capability 6.0", "Tesla M60", "5.2")
     assert not (tmp_path / "out").exists()
 
 
-def test_prompt_longer_than_max_length_is_truncated_and_counted(tiny, tmp_path):
-    proc = train("baseline", tiny, tmp_path, max_length=24, num_train_epochs=1)
+FITTED = """
+import json, sys
+from transformers import AutoTokenizer
+from data_loader import fitted_ids, load_split
+tokenizer = AutoTokenizer.from_pretrained(sys.argv[1])
+rows = load_split(sys.argv[2], "train", 32)
+print(json.dumps([[tokenizer.decode(fitted_ids(tokenizer, row, int(sys.argv[3]),
+                                               row["answers"]["text"][0])[0]), row["question"],
+                   row["answers"]["text"][0]] for row in rows]))
+"""
+
+
+def test_prompt_longer_than_max_length_loses_the_end_of_its_context(tiny, tmp_path):
+    """Not the end of the text: that would train on rows without their answers."""
+    proc = train("baseline", tiny, tmp_path, max_length=40, num_train_epochs=1)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    counts = re.findall(r"^(train|validation): (\d+) of (\d+) examples are longer than 24 tokens "
-                        r"and were truncated$", proc.stdout, re.M)
+    counts = re.findall(r"^(train|validation): (\d+) of (\d+) contexts were shortened to fit "
+                        r"--max_length 40 \(question and answer kept whole\)$", proc.stdout, re.M)
     assert [(split, int(n)) for split, _, n in counts] == [("train", 32), ("validation", 8)]
-    assert all(0 < int(truncated) <= int(n) for _, truncated, n in counts)
+    metrics = json.loads((tmp_path / "out" / "run_metrics.json").read_text())
+    assert metrics["shortened_contexts"] == {split: int(k) for split, k, _ in counts}
+    proc = subprocess.run([sys.executable, "-c", FITTED, str(tiny / "model"), str(tiny / "data"), "40"],
+                          cwd=ROOT / "baseline", capture_output=True, text=True, timeout=120)
+    texts = json.loads(proc.stdout)
+    for text, question, answer in texts:
+        assert text.startswith(f"Question: {question} Context: ")
+        assert text.endswith(f" Answer: {answer}</s>")
+
+
+def test_max_length_too_short_for_question_and_answer(tiny, tmp_path):
+    assert_refused(train("baseline", tiny, tmp_path, max_length=8), "--max_length 8", "too short")
+
+
+@pytest.mark.parametrize("option, value", [
+    ("max_length", 0), ("max_length", -5), ("train_samples", 0), ("train_samples", -1),
+    ("eval_samples", 0), ("per_device_train_batch_size", 0), ("per_device_eval_batch_size", 0),
+    ("gradient_accumulation_steps", 0), ("learning_rate", -1e-3), ("learning_rate", 0),
+    ("num_train_epochs", 0), ("num_train_epochs", -1), ("save_minutes", 0),
+    ("weight_decay", -0.1), ("save_total_limit", 0), ("ddp_timeout", 0)])
+def test_numbers_out_of_range(tiny, tmp_path, option, value):
+    assert_refused_on_parsing(parsed(tiny, tmp_path, **{option: value}), f"--{option} {value}")
+
+
+def test_a_number_out_of_range_through_train_py(tiny, tmp_path):
+    assert_refused(train("baseline", tiny, tmp_path, num_train_epochs=0), "--num_train_epochs 0")
+    assert not (tmp_path / "out").exists()
+
+
+def test_misspelled_option_names_the_right_one(tiny, tmp_path):
+    assert_refused_on_parsing(parsed(tiny, tmp_path, "--lerning_rate", "1e-4"),
+                              "--lerning_rate: did you mean --learning_rate?")
+
+
+def test_output_dir_that_is_a_file(tiny, tmp_path):
+    (tmp_path / "out").write_text("my notes")
+    assert_refused_on_parsing(parsed(tiny, tmp_path), "--output_dir", "is a file")
+    assert (tmp_path / "out").read_text() == "my notes"
+
+
+def test_an_abbreviated_option_means_what_the_full_name_means(tiny, tmp_path):
+    """The fast path's defaults are a layer under the command line, whatever its spelling."""
+    for spelling in (["--per_device_train_b", "8"], ["--per_device_train_batch_size=8"]):
+        args, training_args = parsed(tiny, tmp_path, "--fast_path", "True", *spelling)
+        assert args.fast_path and training_args.per_device_train_batch_size == 8
+        assert training_args.gradient_accumulation_steps == 1  # the fast path's, not given
+    args, training_args = parsed(tiny, tmp_path, "--fast_p", "True")
+    assert training_args.per_device_train_batch_size == 16 and args.pad_to_max_length is False
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has a GPU")
+def test_no_gpu_and_no_use_cpu(tiny, tmp_path):
+    """A GPU job that sees no GPU is a broken install or a wrong partition: it stops."""
+    assert_refused(train("baseline", tiny, tmp_path, use_cpu=False), "no CUDA GPU is visible",
+                   "--gres=gpu:1", "--use_cpu True")
+
+
+def test_deepspeed_stage_without_its_launcher(tiny, tmp_path):
+    assert_refused(train("deepspeed-single-gpu", tiny, tmp_path, "--deepspeed", "ds_zero2.json"),
+                   "--deepspeed ds_zero2.json", "deepspeed --num_gpus 1 train.py")
+
+
+def test_dataset_given_as_a_file(tiny, tmp_path):
+    assert_refused_on_parsing(parsed(tiny, tmp_path, dataset_name_or_path=tiny / "data" / "train.jsonl"),
+                              "is a file", f"({tiny / 'data'})")
+
+
+def test_model_path_without_dot_that_does_not_exist(tiny, tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT / "baseline")
+    assert_refused_on_parsing(parsed(tiny, tmp_path, model_name_or_path="prepared/bloom/model"),
+                              "model folder prepared/bloom/model does not exist")
+    # shaped like a hub id: the reason names both readings
+    assert_refused_on_parsing(parsed(tiny, tmp_path, model_name_or_path="prepared/model"),
+                              "prepared/model is not a folder here", "hub cache", "tools/prepare.py")
+
+
+def test_folder_that_is_not_a_model(tiny, tmp_path):
+    (tmp_path / "notes").mkdir()
+    assert_refused_on_parsing(parsed(tiny, tmp_path, model_name_or_path=tmp_path / "notes"),
+                              "has no config.json")
+
+
+# ------------------------------------------------------------------ the output folder, resuming
+@pytest.fixture(scope="module")
+def stopped_run(tiny, tmp_path_factory):
+    """A baseline run stopped on request after step 1: checkpoint-1, to resume."""
+    folder = tmp_path_factory.mktemp("stopped")
+    (folder / "out").mkdir()
+    (folder / "out" / "save-and-stop").touch()
+    proc = train("baseline", tiny, folder)
+    assert proc.returncode == 75, proc.stderr[-3000:]
+    (folder / "out" / "save-and-stop").unlink()
+    return folder / "out"
+
+
+def copy_of(run, tmp_path):
+    shutil.copytree(run, tmp_path / "out")
+    return tmp_path / "out"
+
+
+def files_of(folder):
+    return {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def test_finished_run_is_not_run_again(tiny, tmp_path):
+    first = train("baseline", tiny, tmp_path, num_train_epochs=1)
+    assert first.returncode == 0, first.stderr[-3000:]
+    before = files_of(tmp_path / "out")
+    assert_refused(train("baseline", tiny, tmp_path, learning_rate=1e-3), "holds a finished run",
+                   str(tmp_path / "out" / "run_metrics.json"), "another --output_dir")
+    assert files_of(tmp_path / "out") == before
+
+
+def test_resuming_with_other_settings(tiny, tmp_path, stopped_run):
+    out = copy_of(stopped_run, tmp_path)
+    before = files_of(out)
+    assert_refused(train("baseline", tiny, tmp_path, learning_rate=1e-3), "checkpoint-1",
+                   "learning_rate=0.002 then, 0.001 now")
+    assert files_of(out) == before
+
+
+@pytest.mark.parametrize("name", ["model.safetensors", "optimizer.pt", "trainer_state.json"])
+def test_damaged_checkpoint_file(tiny, tmp_path, stopped_run, name):
+    out = copy_of(stopped_run, tmp_path)
+    damaged = out / "checkpoint-1" / name
+    damaged.write_bytes(damaged.read_bytes()[:len(damaged.read_bytes()) // 2])
+    before = files_of(out)
+    assert_refused(train("baseline", tiny, tmp_path), str(damaged), "is damaged",
+                   "move", "checkpoint-1")
+    assert files_of(out) == before
+
+
+def fake_deepspeed_checkpoint(run, tag_folder=True):
+    """The stopped run's checkpoint made to look like DeepSpeed's (a global_step folder)."""
+    checkpoint = run / "checkpoint-1"
+    (checkpoint / "latest").write_text("global_step1")
+    if tag_folder:
+        (checkpoint / "global_step1").mkdir()
+    return checkpoint
+
+
+def test_baseline_refuses_a_deepspeed_checkpoint(tiny, tmp_path, stopped_run):
+    checkpoint = fake_deepspeed_checkpoint(copy_of(stopped_run, tmp_path))
+    assert_refused(train("baseline", tiny, tmp_path), str(checkpoint), "written by DeepSpeed")
+
+
+def test_deepspeed_refuses_a_checkpoint_of_the_trainer_alone(tiny, tmp_path, stopped_run):
+    checkpoint = copy_of(stopped_run, tmp_path) / "checkpoint-1"
+    assert_refused(train("deepspeed-single-gpu", tiny, tmp_path, "--deepspeed", "ds_zero3.json",
+                         launcher=True), str(checkpoint), "written without DeepSpeed")
+
+
+def test_zero3_checkpoint_without_its_global_step_folder(tiny, tmp_path, stopped_run):
+    checkpoint = fake_deepspeed_checkpoint(copy_of(stopped_run, tmp_path), tag_folder=False)
+    assert_refused(train("deepspeed-single-gpu", tiny, tmp_path, "--deepspeed", "ds_zero3.json",
+                         launcher=True), str(checkpoint / "global_step1"), "is missing")

@@ -68,11 +68,13 @@ def test_missing_from_this_machine_names_the_prepare_command(tiny, tmp_path, job
     output = proc.stdout + proc.stderr
     assert proc.returncode != 0 and "Traceback" not in output, output[-3000:]
     name = {"model": "bigscience/bloom-560m", "dataset": "squad"}[missing]
-    errors = [line for line in output.splitlines() if line.startswith("error: ")]
-    assert errors == [f"error: {name} is not on this machine and the hub is off (HF_HUB_OFFLINE=1, "
-                      f"as the jobs set it): run `python tools/prepare.py --{missing}_name_or_path "
-                      f"{name}` once on a machine with internet (the login node), then submit "
-                      f"again"], output[-3000:]
+    errors = {line for line in output.splitlines() if line.startswith("error: ")}
+    assert errors == {f"error: {name} is not a folder here ({ROOT / 'baseline' / name} does not "
+                      f"exist) and not on this machine's hub cache, and the hub is off "
+                      f"(HF_HUB_OFFLINE=1, as the jobs set it): give the folder's path, or run "
+                      f"`python tools/prepare.py --{missing}_name_or_path {name}` once on a machine "
+                      f"with internet (the login node), then submit again"}, output[-3000:]
+    assert output.strip().splitlines()[-1] == errors.pop()  # the reason is the log's last line
 
 
 def test_prepare_refuses_a_missing_folder_in_one_line(tmp_path):
