@@ -328,7 +328,7 @@ class Record:
         self.started, self.clock = started, Clock(started)
         self.status, self.error = "failed", None
         self.args = self.training_args = self.ds_config = self.trainer = self.checkpoints = None
-        self.parameters, self.shortened_contexts, self.answers_after = None, None, None
+        self.parameters, self.data, self.answers_after, self.out_of_memory = None, None, None, None
         # scancel and the time limit send SIGTERM: leave through SystemExit, so that the
         # metrics file is still written (status interrupted) on the way out.
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -361,7 +361,8 @@ class Record:
             dataset=args.dataset_name_or_path,
             train_samples=args.train_samples, eval_samples=args.eval_samples,
             max_length=args.max_length, pad_to_max_length=args.pad_to_max_length,
-            shortened_contexts=self.shortened_contexts,
+            shortened_contexts=self.data.shortened if self.data else None,
+            longest_sequence_tokens=self.data.longest if self.data else None,
             fast_path=args.fast_path, compile_blocks=args.compile_blocks,
             gradient_checkpointing=bool(targs.gradient_checkpointing),
             precision="bf16" if targs.bf16 else "fp16" if targs.fp16 else "fp32",
@@ -373,6 +374,7 @@ class Record:
             zero_stage=zero.get("stage", 0) if self.ds_config else None,
             offload_optimizer=zero.get("offload_optimizer", {}).get("device"),
             offload_param=zero.get("offload_param", {}).get("device"),
+            pin_memory=zero.get("offload_optimizer", {}).get("pin_memory"),
             epochs=epochs,
             steps_per_epoch=epochs[0]["steps"] if epochs else None,
             global_step=state.global_step, max_steps=state.max_steps,
@@ -394,6 +396,7 @@ class Record:
             versions=versions(),
             job_started_at=time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(self.started)),
             wall_seconds=wall, time_seconds=parts,
+            out_of_memory=self.out_of_memory,
             slurm_job_id=os.environ.get("SLURM_JOB_ID"),
         )
 
@@ -426,6 +429,7 @@ class Record:
         """Status and reason of a run that did not finish; returns its exit status."""
         interrupted = isinstance(error, SystemExit)
         self.status = "interrupted" if interrupted else "failed"
+        self.out_of_memory = "gpu" if isinstance(error, torch.OutOfMemoryError) else None
         self.error = f"stopped by signal {error.code - 128}" if interrupted else one_line(error)
         if self.trainer is not None:
             with contextlib.suppress(Exception):  # the reason below matters more than the file

@@ -43,8 +43,7 @@ def train():
         enable_fast_path(model, compiled=args.compile_blocks)
 
     # 3. Data: `Question: ... Context: ... Answer: ...` texts, labels -100 on the padding.
-    data = build_datasets(args, tokenizer)
-    record.shortened_contexts = data.shortened
+    data = record.data = build_datasets(args, tokenizer)
     # Lengths rounded up to a multiple of 8 suit the GPU's matrix units; compiled blocks record
     # a CUDA graph per length, so there they are rounded to 64: at most 8 lengths up to 512.
     collator = (default_data_collator if args.pad_to_max_length else DataCollatorForSeq2Seq(

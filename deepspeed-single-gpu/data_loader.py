@@ -123,6 +123,7 @@ class Datasets:
     validation: Dataset
     questions: list  # the validation rows, which answer_quality.py asks
     shortened: dict  # split -> how many contexts were cut to fit max_length
+    longest: int  # tokens of the longest training example (without padding)
 
 
 def build_datasets(args, tokenizer):
@@ -135,4 +136,5 @@ def build_datasets(args, tokenizer):
         if shortened[split]:
             print(f"{split}: {shortened[split]} of {n_rows} contexts were shortened to fit "
                   f"--max_length {args.max_length} (question and answer kept whole)")
-    return Datasets(made["train"], made["validation"], rows, shortened)
+    longest = max(sum(mask) for mask in made["train"]["attention_mask"])
+    return Datasets(made["train"], made["validation"], rows, shortened, longest)

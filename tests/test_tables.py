@@ -363,37 +363,30 @@ def test_the_plan_beside_the_measurement(made):
                                                            "cannot be imported")
         return
     sys.path.insert(0, str(ROOT / "tools"))
-    from plan import predict
-    from transformers import AutoConfig
+    from plan import predict_run
     for stage, name in (("baseline", BASELINE), ("deepspeed-single-gpu", ZERO2)):
         m, ours = metrics_of(root, stage, name), row(tables["comparison"], name)
-        arch = dict(m["architecture"])
-        expected = predict(AutoConfig.for_model(arch.pop("model_type"), **arch),
-                           **{k: m[k] for k in tables_module().PLAN_SETTINGS})
+        expected = predict_run(m)  # v2 metrics name their architecture
         assert (number(ours["plan GPU MiB"]), number(ours["plan host MiB"])) == pytest.approx(
             (expected["gpu_mib"], expected["host_mib"]))
 
 
-def test_the_plan_is_called_with_the_runs_settings(made):
-    """The call the comparison makes, with a stand-in predict (tools/plan.py's signature)."""
+def test_the_plan_is_called_with_the_runs_metrics(made):
+    """The call the comparison makes, with a stand-in for tools/plan.py's predict_run."""
     root = made[0]
     tables = tables_module()
     calls = []
 
-    def predict(model_config_or_name, *, world_size, nodes, per_device_train_batch_size,
-                gradient_accumulation_steps, max_length, precision, zero_stage, offload_optimizer,
-                offload_param, gradient_checkpointing, fast_path, compile_blocks, pad_to_max_length):
-        calls.append({k: v for k, v in locals().items() if k != "calls"})
-        return dict(gpu_mib=1000.0 + max_length, host_mib=2000.0 + world_size, model_states_mib=1.0,
-                    activations_mib=1.0, logits_mib=1.0, workspace_mib=1.0)
+    def predict_run(metrics, model=None):
+        calls.append((metrics, model))
+        return dict(gpu_mib=1000.0 + metrics["max_length"], host_mib=2000.0 + metrics["world_size"])
 
     run = tables.load(tables.runs_in(root / "deepspeed-single-gpu" / "runs" / ZERO2)[0])
-    columns = tables.estimate(run, predict).estimate
+    columns = tables.estimate(run, predict_run).estimate
     m = metrics_of(root, "deepspeed-single-gpu", ZERO2)
     assert (columns["plan GPU MiB"], columns["plan host MiB"]) == (1000.0 + m["max_length"], 2000.0 + 1)
-    (call,) = calls
-    assert call["model_config_or_name"].hidden_size == m["architecture"]["hidden_size"]
-    assert {k: v for k, v in call.items() if k != "model_config_or_name"} == {k: m[k] for k in tables.PLAN_SETTINGS}
+    (metrics, model), = calls
+    assert metrics == m and model.hidden_size == m["architecture"]["hidden_size"]
 
     def broken(*args, **kwargs):
         raise RuntimeError("no such GPU")
@@ -500,7 +493,7 @@ def test_real_h100_runs_of_schema_version_1(tmp_path):
     architectures.json that says which BLOOM their model folders held."""
     for stage in ("baseline", "deepspeed-single-gpu"):
         shutil.copytree(RESULTS / stage, tmp_path / stage)
-    (tmp_path / "architectures.json").write_text(json.dumps({"/tmp/arch560": "bloom-560m"}))
+    shutil.copy(RESULTS / "architectures.json", tmp_path)  # the committed one
     run = sorted(p.name for p in (tmp_path / "baseline" / "runs").iterdir())[0]
     for log in (tmp_path / "baseline" / "log").glob(f"{run}-gpu-memory-*.csv"):
         shutil.copy(REAL_GPU_CSV, log)

@@ -102,7 +102,7 @@ Comparison (one row per run):
                      fp32 weights (4) + fp32 gradients (4) + two fp32 moments (8), which the
                      Trainer keeps for fp32 and fp16/bf16 (autocast) alike. Activations, CUDA
                      context and allocator cache are not in it.
-  plan GPU MiB       the project's own plan (tools/plan.py's predict for the run's settings):
+  plan GPU MiB       the project's own plan (tools/plan.py's predict_run for the run's settings):
                      everything on one GPU, activations and logits included; compare with
                      peak alloc MiB. Blank, with one note, where tools/plan.py is not there
   est. host MiB      DeepSpeed's estimate of host memory per node (blank without DeepSpeed)
@@ -118,11 +118,6 @@ SCHEMA_VERSIONS = (1, 2)  # docs/metrics.md; a file without schema_version is ve
 TIME_PARTS = ("startup", "compiling", "training_steps", "evaluation", "checkpoint_saving",
               "answer_generation", "final_save", "other")
 WORK = ("training_steps", "evaluation", "answer_generation")  # the rest is the fixed cost
-# tools/plan.py's predict takes these settings, named as run_metrics.json names them.
-PLAN_SETTINGS = ("world_size", "nodes", "per_device_train_batch_size", "gradient_accumulation_steps",
-                 "max_length", "precision", "zero_stage", "offload_optimizer", "offload_param",
-                 "gradient_checkpointing", "fast_path", "compile_blocks", "pad_to_max_length")
-PLAN_DEFAULTS = dict(nodes=1, gradient_checkpointing=False, compile_blocks=False)  # absent in v1
 STATUS = {"complete": "complete", "stopped_on_request": "stopped to resume", "failed": "failed",
           "interrupted": "interrupted"}
 LOG_FILE = re.compile(r"^(?P<run>.+?)(\.out|-(gpu|host)-memory-(?P<node>.+)\.csv)$")
@@ -467,8 +462,8 @@ def model_config(run):
         return "no architecture and no model named in run_metrics.json"
     sidecar = next((p / "architectures.json" for p in (run.run_dir.resolve().parents if run.run_dir else [])
                     if (p / "architectures.json").is_file()), None)
-    with contextlib.suppress(OSError, ValueError, AttributeError):
-        if sidecar and (size := json.loads(sidecar.read_text()).get(model)):
+    with contextlib.suppress(OSError, ValueError, AttributeError, KeyError):
+        if sidecar and (size := json.loads(sidecar.read_text())["models"].get(model)):
             from bloom_architecture import BLOOM
             hidden, layers, heads = BLOOM[size.rsplit("/", 1)[-1]]
             return BloomConfig(vocab_size=250_880, hidden_size=hidden, n_layer=layers, n_head=heads)
@@ -524,10 +519,10 @@ def deepspeed_estimate(m, size):
 
 
 def planner():
-    """(tools/plan.py's predict, None), or (None, why it cannot be imported)."""
+    """(tools/plan.py's predict_run, None), or (None, why it cannot be imported)."""
     try:
-        from plan import predict
-        return predict, None
+        from plan import predict_run
+        return predict_run, None
     except Exception as e:  # not there yet, or broken: the plan columns stay blank
         return None, f"{type(e).__name__}: {e}"
 
@@ -547,7 +542,7 @@ def estimate(run, predict):
             caveats.append("trained in fp32: DeepSpeed's estimate assumes fp16/bf16 (2-byte parameters)")
         if predict:
             try:
-                plan = predict(config, **{k: m.get(k, PLAN_DEFAULTS.get(k)) for k in PLAN_SETTINGS})
+                plan = predict(m, model=config)
                 columns.update({"plan GPU MiB": plan["gpu_mib"], "plan host MiB": plan["host_mib"]})
             except Exception as e:
                 caveats.append(f"no plan: tools/plan.py's predict failed ({type(e).__name__}: {str(e)[:150]})")
