@@ -133,7 +133,7 @@ class Clock(TrainerCallback):
         self.mark, self.events_before = now, self.compiler_events()
 
     def on_step_end(self, args, state, control, **kwargs):
-        if torch.cuda.is_available():
+        if args.device.type == "cuda":  # the step's kernels have run, not only been launched
             torch.cuda.synchronize()
         seconds = self._since_mark()
         if self.compiler_events() != self.events_before:

@@ -51,6 +51,9 @@ class WorkshopArguments:
     answer_quality: bool = option(
         True, "greedy answers to the validation questions before and after training, scored with "
         "SQuAD's exact match and F1 (answer_quality.py): a few seconds on a GPU")
+    save_model: bool = option(
+        True, "write the trained model at the end (off for speed and memory measurements: "
+        "bloom-7b1 in fp32 is 28 GB)")
     save_minutes: float = option(
         30, "write a checkpoint after this many minutes of training (and on the time limit's "
         "warning, see the .slurm job), not every epoch: a workshop run of a few minutes then "
@@ -90,6 +93,9 @@ FAST_PATH = dict(
 # Compiling the blocks costs about this many optimizer steps' worth of time saved (see
 # docs/results.md): shorter runs take the eager fast path.
 COMPILE_PAYS_FROM_STEPS = 60
+# Compiled blocks record a CUDA graph per input shape: lengths are padded to a multiple of this
+# (at most 8 lengths up to 512); otherwise to a multiple of 8, which suits the matrix units.
+COMPILED_LENGTH_MULTIPLE = 64
 KNOWN_ZERO_STAGES = (0, 1, 2, 3)
 
 
@@ -261,6 +267,8 @@ def parse_args(argv=None):
     parser.set_defaults(**TRAINING_DEFAULTS)
     if parser.parse_known_args(argv)[0].fast_path:
         parser.set_defaults(**FAST_PATH)
+    if parser.parse_known_args(argv)[0].bf16:
+        parser.set_defaults(fp16=False)  # asking for bf16 replaces the workshop's fp16
     given = parser.parse_known_args(argv)[0]
     parser.set_defaults(**device_defaults(given))
     asked = parser.parse_args(argv)

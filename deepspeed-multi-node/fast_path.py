@@ -153,14 +153,15 @@ def use_chunked_loss(model, chunk_size=1024):
 
 # One compiled BloomBlock.forward for every block: dynamo treats a block's weights as inputs, so
 # the 24 blocks share one graph per input shape. CUDA graphs ("reduce-overhead") are recorded
-# per shape (dynamic=False), which is why train.py pads lengths to a multiple of 64. Made on
-# first use: importing this module compiles nothing.
+# per shape (dynamic=False), which is why train.py pads lengths to a multiple of
+# config.COMPILED_LENGTH_MULTIPLE. Made on first use: importing this module compiles nothing.
+COMPILE_OPTIONS = dict(mode="reduce-overhead", dynamic=False)
 _compiled = {}
 
 
 def _compiled_block_forward(*args, **kwargs):
     if "block" not in _compiled:
-        _compiled["block"] = torch.compile(BloomBlock.forward, mode="reduce-overhead", dynamic=False)
+        _compiled["block"] = torch.compile(BloomBlock.forward, **COMPILE_OPTIONS)
     return _compiled["block"](*args, **kwargs)
 
 

@@ -19,7 +19,7 @@ use_compile_caches()  # what torch.compile and DeepSpeed compile is kept for the
 from transformers import AutoConfig, DataCollatorForSeq2Seq, Trainer, default_data_collator, set_seed  # noqa: E402
 
 from answer_quality import AnswerQualityBeforeTraining, answer_quality, write_answers  # noqa: E402
-from config import deepspeed_config, parse_args  # noqa: E402
+from config import COMPILED_LENGTH_MULTIPLE, deepspeed_config, parse_args  # noqa: E402
 from data_loader import build_datasets  # noqa: E402
 from model import load_model  # noqa: E402
 
@@ -45,9 +45,10 @@ def train():
     # 3. Data: `Question: ... Context: ... Answer: ...` texts, labels -100 on the padding.
     data = record.data = build_datasets(args, tokenizer)
     # Lengths rounded up to a multiple of 8 suit the GPU's matrix units; compiled blocks record
-    # a CUDA graph per length, so there they are rounded to 64: at most 8 lengths up to 512.
+    # a CUDA graph per length, so there fewer lengths are better (config.py).
     collator = (default_data_collator if args.pad_to_max_length else DataCollatorForSeq2Seq(
-        tokenizer, label_pad_token_id=-100, pad_to_multiple_of=64 if args.compile_blocks else 8))
+        tokenizer, label_pad_token_id=-100,
+        pad_to_multiple_of=COMPILED_LENGTH_MULTIPLE if args.compile_blocks else 8))
 
     # 4. The Trainer, with the callbacks that time the run and write checkpoints.
     record.checkpoints = Checkpoints(training_args.output_dir, args.save_minutes, record.started)
@@ -70,9 +71,10 @@ def train():
         record.status = "stopped_on_request"
         return STOPPED_TO_RESUME
 
-    # 6. Save the model: a folder that from_pretrained reloads (model.py).
+    # 6. Save the model: a folder that from_pretrained reloads.
     with record.clock.timing("final_save"):
-        trainer.save_model(training_args.output_dir)  # and the tokenizer; ZeRO-3 gathers first
+        if args.save_model:
+            trainer.save_model(training_args.output_dir)  # and the tokenizer; ZeRO-3 gathers first
         trainer.save_state()  # trainer_state.json: the log history of every step, for plots
 
     # 7. Did it learn to answer? (every rank: under ZeRO-3 they generate together)
