@@ -1,133 +1,142 @@
-"""The workshop's configuration against the fast path, side by side on one GPU.
+"""The workshop's job against the fast path's, whole jobs as a participant waits for them.
 
-    python tools/bench_fast.py ARCH DATA [--epochs 3]
+    python tools/bench_fast.py ARCH DATA [--epochs 3] [--out bench-fast] [--deepspeed ds_zero1.json ...]
+                                         [-- more train.py options for every job]
 
-Each variant is a real run of a stage's train.py (random weights from ARCH, the same seed,
-the same 16 sequences per optimizer step, the same epochs and learning rate). It prints, per
-variant: steady training samples/s, its ratio to the workshop's, model FLOPs utilisation on
-real (non-padding) tokens against the matrix rate measured here, peak GPU memory, the whole
-run's training seconds (with the steps that compiled, which the steady speed leaves out), and
-the eval loss of each epoch with its deviation from the workshop's.
+Each variant is its stage's own .slurm job run with bash on this machine's GPU: the job marks
+its start, so a job's time is all of it (Python's start, imports, building the model,
+compiling, training, evaluating, answering, saving). Random weights from ARCH
+(tools/bloom_architecture.py), the first 500 rows of DATA, the same seed. In one call, in
+this order: the workshop's configuration (the reference), the fast path as it chooses for
+this many steps (config.py compiles its blocks only where that pays), the fast path with
+compiled blocks asked for, with an empty compile cache (COMPILE_CACHE: cold) and again with
+the cache it left (warm); then the compiled fast path through DeepSpeed for each --deepspeed
+config (warm cache, --deepspeed_steps steps: their steady speed only).
+
+Prints a table: job seconds and their ratio to the workshop's job with the same cache, the
+fixed cost (job minus training steps, evaluation and answer generation), compiling seconds,
+steady samples/s and its ratio to the workshop's, and the eval loss's largest deviation from
+the workshop's over the epochs. Exit status 1 when the workshop's run failed or a variant's
+eval loss deviates by more than --tolerance (random weights: losses compare between
+variants of one call, they mean nothing else).
 """
 import argparse
 import json
-import statistics
+import os
+import re
+import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
-import torch
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
 ROOT = Path(__file__).resolve().parents[1]
-FAST = ["--fast_path", "True"]  # on a GPU: with compiled blocks (config.py)
-EAGER = ["--compile_blocks", "False"]
-VARIANTS = {  # name: (stage, train.py options); one lever added at a time, then all of them
-    "workshop (fp16, pad 512, bs 4 x ga 4, eager)": ("baseline", []),
-    "+ bf16": ("baseline", ["--bf16", "True"]),
-    "+ bf16, dynamic padding": ("baseline", ["--bf16", "True", "--pad_to_max_length", "False"]),
-    "+ bf16, dynamic padding, bs 16 x ga 1": (
-        "baseline", ["--bf16", "True", "--pad_to_max_length", "False",
-                     "--per_device_train_batch_size", "16", "--gradient_accumulation_steps", "1"]),
-    "fast path without compiled blocks (the above, grouped lengths, SDPA, chunked loss)": (
-        "baseline", FAST + EAGER),
-    "fast path (and compiled blocks with CUDA graphs, compiled loss)": ("baseline", FAST),
-    "ZeRO-2 workshop": ("deepspeed-single-gpu", ["--deepspeed", "ds_zero2.json"]),
-    "ZeRO-2 fast path without compiled blocks": (
-        "deepspeed-single-gpu", ["--deepspeed", "ds_zero2.json"] + FAST + EAGER),
-    "ZeRO-2 fast path": ("deepspeed-single-gpu", ["--deepspeed", "ds_zero2.json"] + FAST),
-}
+JOBS = {"baseline": "baseline/baseline.slurm",
+        "deepspeed-single-gpu": "deepspeed-single-gpu/deepspeed-single-gpu.slurm"}
+FAST = ["--fast_path", "True"]
 
 
-def matmul_tflops(n=8192, repeats=20):
-    """The bf16 matrix rate this GPU reaches (median of timed n x n x n products, random data)."""
-    a, b = (torch.randn(n, n, device="cuda", dtype=torch.bfloat16) for _ in range(2))
-    for _ in range(3):
-        a @ b
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        a @ b
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end) / 1e3)
-    return 2 * n**3 / statistics.median(times) / 1e12
-
-
-def real_tokens_per_sample(arch, data, n_rows):
-    """Mean tokens per training prompt, as data_loader.py builds them (no padding)."""
-    sys.path.insert(0, str(ROOT / "baseline"))
-    from config import WorkshopArguments
-    from data_loader import load_split, tokenize
-    dataset, _ = tokenize(load_split(str(data), "train", n_rows), AutoTokenizer.from_pretrained(arch),
-                          WorkshopArguments().max_length, pad_to_max_length=False)
-    return statistics.mean(len(ids) for ids in dataset["input_ids"])
-
-
-def run(name, stage, options, args, out):
-    """One variant through the stage's own train.py; returns its metrics (or None)."""
-    output_dir = out / name.split(" (")[0].replace(" ", "_").replace(",", "").replace("+", "plus")
-    launcher = ["deepspeed", "--num_gpus", "1"] if "--deepspeed" in options else [sys.executable]
-    cmd = launcher + ["train.py", "--model_name_or_path", str(args.arch), "--random_weights", "True",
-                      "--dataset_name_or_path", str(args.data), "--num_train_epochs", str(args.epochs),
-                      "--save_strategy", "no", "--answer_quality", "False",  # random weights
-                      "--output_dir", str(output_dir)] + options
-    log = out / (output_dir.name + ".log")
-    with log.open("w") as f:
-        proc = subprocess.run(cmd, cwd=ROOT / stage, stdout=f, stderr=subprocess.STDOUT)
-    if proc.returncode != 0:
-        print(f"{name}: failed (rc {proc.returncode}), see {log}", flush=True)
+def run_job(name, stage, options, env, args):
+    """One job through bash; returns its run_metrics.json (or None) and keeps its log."""
+    folder = args.out / name
+    shutil.rmtree(folder, ignore_errors=True)
+    env = {**os.environ, "OUTPUT_DIR": str(folder), **env}
+    command = ["bash", JOBS[stage], "--model_name_or_path", str(args.arch), "--random_weights", "True",
+               "--dataset_name_or_path", str(args.data), *options, *args.job_options]
+    log = args.out / f"{name}.log"
+    with open(log, "w") as out:
+        proc = subprocess.run(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    for weights in folder.glob("*.safetensors"):  # random weights, GBs: not worth keeping
+        weights.unlink()
+    if run := re.search(r"^run (\S+) on ", log.read_text(errors="replace"), re.M):  # the job's own logs
+        (folder / "log").mkdir(parents=True, exist_ok=True)
+        for path in (ROOT / stage / "log").glob(f"{run[1]}*"):
+            shutil.move(path, folder / "log" / path.name)
+    metrics = folder / "run_metrics.json"
+    if proc.returncode != 0 or not metrics.is_file():
+        print(f"{name}: failed (exit status {proc.returncode}), see {args.out / (name + '.log')}", flush=True)
         return None
-    return json.loads((output_dir / "run_metrics.json").read_text())
+    return json.loads(metrics.read_text())
+
+
+def fixed_cost(m):
+    parts = m["time_seconds"]
+    return m["wall_seconds"] - parts["training_steps"] - parts["evaluation"] - parts["answer_generation"]
+
+
+def deviation(m, reference):
+    """Largest relative deviation of the eval loss from the reference's, over the epochs."""
+    pairs = list(zip(m["epochs"], reference["epochs"]))
+    return max((abs(e["eval_loss"] / r["eval_loss"] - 1) for e, r in pairs), default=None)
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("arch", type=Path, help="folder from tools/bloom_architecture.py")
     parser.add_argument("data", type=Path, help="folder with train/validation SQuAD rows")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--out", type=Path, default=Path("bench-fast"))
-    parser.add_argument("--only", nargs="*", help="variant names to run (default: all)")
-    args = parser.parse_args()
-    args.arch, args.data, args.out = (p.resolve() for p in (args.arch, args.data, args.out))  # runs change folder
+    parser.add_argument("--deepspeed", nargs="*", default=[], metavar="CONFIG",
+                        help="DeepSpeed configs of deepspeed-single-gpu/ to run the fast path through")
+    parser.add_argument("--deepspeed_steps", type=int, default=30)
+    parser.add_argument("--tolerance", type=float, default=0.01,
+                        help="largest relative eval-loss deviation from the workshop's (default 1%%)")
+    argv = sys.argv[1:]
+    split = argv.index("--") if "--" in argv else len(argv)  # after --: options for every job
+    args = parser.parse_args(argv[:split])
+    args.job_options = argv[split + 1:]
+    args.arch, args.data, args.out = (p.resolve() for p in (args.arch, args.data, args.out))
     args.out.mkdir(parents=True, exist_ok=True)
+    # The file cache: the first import of torch and transformers on a fresh machine takes about
+    # twice as long as later ones; every job here starts after this one.
+    subprocess.run([sys.executable, "-c", "import torch, transformers, deepspeed, datasets"], check=True)
 
-    peak = matmul_tflops()
-    n_params = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(args.arch),
-                                                dtype=torch.bfloat16).num_parameters()
-    tokens = real_tokens_per_sample(args.arch, args.data, 500)
-    print(f"{torch.cuda.get_device_name()}: bf16 matrix rate {peak:.0f} TFLOP/s; model "
-          f"{n_params:,} parameters; {tokens:.1f} real tokens per sample", flush=True)
-
+    epochs = ["--num_train_epochs", str(args.epochs)]
+    compiled, cache = FAST + ["--compile_blocks", "True"], {"COMPILE_CACHE": str(args.out / "cache")}
+    shutil.rmtree(args.out / "cache", ignore_errors=True)
+    variants = [("workshop", "baseline", epochs, {"COMPILE_CACHE": str(args.out / "cache-workshop")}),
+                ("fast path", "baseline", FAST + epochs, {"COMPILE_CACHE": str(args.out / "cache-fast")}),
+                ("fast path compiled cold", "baseline", compiled + epochs, cache),
+                ("fast path compiled warm", "baseline", compiled + epochs, cache)]
+    variants += [(f"{config.removesuffix('.json')} fast path compiled warm", "deepspeed-single-gpu",
+                  compiled + ["--max_steps", str(args.deepspeed_steps), "--answer_quality", "False",
+                              "--save_model", "False"], {**cache, "DS_CONFIG": config})
+                 for config in args.deepspeed]
+    for name, *_ in variants[:2]:
+        shutil.rmtree(args.out / f"cache-{name.split()[0]}", ignore_errors=True)
     results = {}
-    for name, (stage, options) in VARIANTS.items():
-        if args.only and not any(o in name for o in args.only):
-            continue
-        results[name] = run(name, stage, options, args, args.out)
-        if results[name]:
-            print(f"{name}: {results[name]['steady_train_samples_per_second']:.1f} samples/s", flush=True)
-        (args.out / "bench_fast.json").write_text(json.dumps(  # after each: a cut-off run keeps them
-            dict(device=torch.cuda.get_device_name(), matmul_tflops=peak, parameters=n_params,
-                 real_tokens_per_sample=tokens, results=results), indent=2))
+    for name, stage, options, env in variants:
+        started = time.time()
+        results[name] = run_job(name.replace(" ", "-"), stage, options, env, args)
+        print(f"{name}: {time.time() - started:.0f} s", flush=True)
+        (args.out / "bench.json").write_text(json.dumps(results, indent=1))  # kept if cut off
 
-    reference = next(iter(results.values()))
-    print(f"\n| variant | samples/s | x workshop | MFU (real tokens) | peak GPU MiB | training s "
-          f"(compiling steps, s) | eval loss by epoch (deviation from workshop) |\n"
-          f"|---|---|---|---|---|---|---|")
+    reference, plain_fast = results.get("workshop"), results.get("fast path compiled warm")
+    if not reference:
+        sys.exit("bench_fast: the workshop's own job failed: no reference")
+    print(f"\n{reference['gpu']}; torch {reference['versions']['torch']}; "
+          f"{args.epochs} epochs of {reference['train_samples']} rows\n")
+    print("| variant | job s | job / workshop's | fixed cost s | compiling s (steps) | training steps s "
+          "| steady samples/s | steady x workshop | steady / compiled fast path | eval loss deviation |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    drifted = []
     for name, m in results.items():
         if m is None:
-            print(f"| {name} | failed | | | | | |")
+            print(f"| {name} | failed | | | | | | | | |")
             continue
-        speed = m["steady_train_samples_per_second"]
-        mfu = speed * tokens * 6 * n_params / (peak * 1e12)
-        losses = ", ".join(
-            f"{e['eval_loss']:.4f} ({(e['eval_loss'] / r['eval_loss'] - 1) * 100:+.2f}%)"
-            for e, r in zip(m["epochs"], reference["epochs"])) if reference else ""
-        print(f"| {name} | {speed:.1f} | {speed / reference['steady_train_samples_per_second']:.2f} "
-              f"| {mfu:.1%} | {max(m['peak_gpu_memory_allocated_mib']):,.0f} "
-              f"| {m['train_runtime']:.1f} ({m['compiling_steps']}, {m['compiling_seconds']:.1f}) "
-              f"| {losses} |")
+        parts, speed = m["time_seconds"], m["steady_train_samples_per_second"]
+        dev = deviation(m, reference) if m["epochs"] else None
+        if dev is not None and dev > args.tolerance:
+            drifted.append(f"{name}: {dev:.2%}")
+        vs_fast = f"{speed / plain_fast['steady_train_samples_per_second']:.2f}" if plain_fast else ""
+        print(f"| {name} | {m['wall_seconds']:.1f} | {m['wall_seconds'] / reference['wall_seconds']:.2f} | "
+              f"{fixed_cost(m):.1f} | {parts['compiling']:.1f} ({m['compiling_steps']}) | "
+              f"{parts['training_steps']:.1f} | {speed:.1f} | "
+              f"{speed / reference['steady_train_samples_per_second']:.2f} | {vs_fast} | "
+              f"{'' if dev is None else f'{dev:.2%}'} |")
+    if drifted:
+        sys.exit(f"bench_fast: eval loss beyond {args.tolerance:.0%} of the workshop's: {'; '.join(drifted)}")
+
 
 if __name__ == "__main__":
     main()

@@ -19,6 +19,6 @@ for config in "${configs[@]}"; do
   else job=deepspeed-single-gpu/deepspeed-single-gpu.slurm; fi
   echo "=== $config $precision $(basename "$arch")"
   DS_CONFIG=$config bash "$job" --model_name_or_path "$arch" --random_weights True \
-    --dataset_name_or_path "$data" --"$precision" True --save_strategy no "$@" \
+    --dataset_name_or_path "$data" --"$precision" True --save_model False "$@" \
     | grep -E "^(run |epoch |metrics:|error|notice)|Error|out of memory" || echo "=== $config $precision FAILED"
 done
