@@ -11,6 +11,7 @@ import importlib.metadata
 import json
 import os
 import platform
+import re
 import resource
 import signal
 import sys
@@ -162,8 +163,8 @@ class Clock(TrainerCallback):
         """TIME_PARTS in seconds, `other` the rest of the wall time; and the wall time."""
         wall = time.time() - self.started
         if self.first_step_at is None:  # stopped before training: all of it was start-up
-            self.seconds["startup"] = wall - sum(v for k, v in self.seconds.items() if k != "startup")
-            self.seconds["startup"] -= self.seconds["other"]
+            self.seconds["startup"] = wall - sum(v for k, v in self.seconds.items()
+                                                 if k not in ("startup", "other"))
         named = sum(v for k, v in self.seconds.items() if k != "other")
         return {**self.seconds, "other": wall - named}, wall
 
@@ -311,9 +312,13 @@ def one_line(error):
     """The reason for a failure, in one line, with what to do where that is known."""
     text = (str(error).strip().splitlines() or [""])[0]
     if isinstance(error, torch.OutOfMemoryError):
-        return (f"out of GPU memory ({text[:160]}): `python ../tools/plan.py` shows what fits; try "
-                f"--gradient_checkpointing True, a smaller --per_device_train_batch_size with more "
-                f"--gradient_accumulation_steps, or ZeRO with offload")
+        numbers = re.findall(r"(?:allocate|capacity of|memory) ([\d.]+ [GM]iB)", text)
+        said = (f" (asked {numbers[0]} more with {numbers[2]} allocated, of {numbers[1]})"
+                if len(numbers) >= 3 else "")
+        return (f"out of GPU memory{said}: `python ../tools/plan.py MODEL --gpu_memory_gib N` "
+                f"says what fits; try --gradient_checkpointing True, a smaller "
+                f"--per_device_train_batch_size with more --gradient_accumulation_steps, or ZeRO "
+                f"with offload")
     if "timed out" in text.lower() or "timeout" in type(error).__name__.lower():
         return (f"a collective operation timed out ({text[:160]}): another rank or node stopped "
                 f"answering; its own log says why (--ddp_timeout sets the wait)")
