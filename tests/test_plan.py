@@ -1,5 +1,6 @@
 """tools/plan.py against every committed GPU run, against BLOOM's own code replayed on fake
 tensors, and its command line. CPU only, no training; `pytest -s` prints the comparison."""
+import functools
 import importlib.util
 import json
 import subprocess
@@ -153,6 +154,21 @@ def test_batch_lengths_add_up_to_each_runs_total_flos():
         assert flos / 6 / (a.params - a.vocab * a.hidden) == pytest.approx(tokens), run["name"]
         checked += 1
     assert checked >= 15
+
+
+def test_the_peak_comes_where_the_plan_says_on_the_h200():
+    """bloom-7b1's eager fast path, step by step (h200-2026-12-01/step-peaks): 432 tokens before
+    AdamW's moments exist, 272 with them (the committed 3-step run's peak), then 432 with them
+    (a second epoch's, which the plan shows)."""
+    steps = json.loads((RESULTS / "h200-2026-12-01" / "step-peaks" / "step_peaks.json").read_text())["steps"]
+    predict = functools.partial(plan.predict, "bloom-7b1", per_device_train_batch_size=16,
+                                gradient_accumulation_steps=1, precision="bf16", fast_path=True)
+    states = plan.model_states(plan.architecture("bloom-7b1"), dict(
+        world_size=1, b=2, gradient_accumulation_steps=1, zero_stage=None))
+    # step 1 peaks where AdamW makes its moments: weights, gradients and moments, 16 B/parameter
+    assert states["step"] / plan.MIB + plan.WORKSPACE_MIB == pytest.approx(steps[0]["peak"], rel=0.001)
+    assert predict(longest=432, later_longest=272)["gpu_mib"] == pytest.approx(steps[1]["peak"], rel=0.01)
+    assert predict(longest=432)["gpu_mib"] == pytest.approx(steps[2]["peak"], rel=0.01)
 
 
 def test_newer_runs_record_their_architecture():

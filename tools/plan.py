@@ -25,20 +25,18 @@ Python API (tools/tables.py imports it; keep it stable):
         zero_stage None = no DeepSpeed (the Trainer and torch.autocast, one GPU: DDP's buckets
           are not counted); 0-3 = DeepSpeed.
         pad_to_max_length None = the workshop's choice (pad, unless fast_path); longest = tokens
-          of the longest training sequence, which sets the length of the largest batch when not
-          padding to max_length (None: max_length, the worst case); later_longest = the longest
-          after the first optimizer step (None: longest; see "the first step" below);
-          length_multiple = what the collator pads lengths to (None: train.py's, 64 with
-          compiled blocks, else 8). save_model: rank 0 gathers the weights it writes on the
-          host. built_on_host: the fp32 model built on the host first, as train.py did before
-          run_metrics.json's schema 2 (the H100 runs of 2026-11-24); it now builds on the GPU.
-        Returns MiB per GPU: gpu_mib (predicted torch.cuda.max_memory_allocated(); nvidia-smi
-        shows CUDA's context and PyTorch's cache on top), model_states_mib, activations_mib,
-        logits_mib, workspace_mib (these four add up to gpu_mib), phase (when the peak comes);
-        host_mib (resident memory of the rank that saves the model, ru_maxrss) and
-        host_node_mib (all ranks of one node); parameters, sequence_length.
+          of the longest training sequence, the length of the largest batch when not padding
+          (None: max_length, the worst case); later_longest = the longest after the first
+          optimizer step (None: longest; "the first step" below); length_multiple = what the
+          collator pads lengths to (None: train.py's, 64 with compiled blocks, else 8).
+          save_model: rank 0 gathers the weights it writes on the host. built_on_host: the fp32
+          model built on the host first, as train.py did before run_metrics.json's schema 2.
+        Returns MiB per GPU: gpu_mib (predicted torch.cuda.max_memory_allocated()), and its
+        parts model_states_mib, activations_mib, logits_mib, workspace_mib; phase (when the
+        peak comes); host_mib (ru_maxrss of the rank that saves the model) and host_node_mib
+        (all ranks of one node); parameters, sequence_length.
     predict_run(run_metrics, model=None, **settings) -> predict()'s dict for the configuration
-        a run_metrics.json records (model: its architecture, when the run does not record one;
+        a run_metrics.json records (model: its architecture, where the run does not record it;
         settings: predict()'s keywords for what it does not record, e.g. later_longest).
     fits(mib, capacity_mib, gpu=True) -> "yes", "tight" or "no" (below).
     architecture(model) -> Arch (vocabulary, hidden size, layers, heads, parameter sizes).
@@ -47,43 +45,31 @@ Python API (tools/tables.py imports it; keep it stable):
 The memory model (bytes; P parameters, b = 2 for fp16/bf16 or 4 for fp32, N GPUs, T = batch x
 sequence tokens per micro-batch, V x H the tied embedding / lm_head weight). Each term is
 counted from how the code allocates; tests/test_plan.py replays BLOOM's code on fake tensors to
-check the activation and loss terms (a bloom-7b1 block with the fast path's SDPA attention
-under bf16 autocast keeps 36 bytes per token and hidden unit, 2 bytes per attention score for
-the ALiBi + mask bias, and its four 16-bit weight copies), and compares every committed GPU
-run. The peak is the largest of five moments of a step:
+check the activation and loss terms, and compares every committed GPU run. The peak is the
+largest of five moments of a step:
   forward end   states + autocast's 16-bit weight copies + activations + the loss's forward
   loss backward states + the copies kept for backward + activations + the loss's backward
   last block    the backward through the last block, with the lm_head gradient waiting for the
                 embedding's (tied weights) and, for ZeRO-2 with accumulation, two gradient buffers
   end backward  every gradient, and the embedding's V x H gradient before it is added in
   optimizer     DeepSpeed's step: a flat 16-bit copy of the gradients and their fp32 version
-The first step: without DeepSpeed, AdamW's two moments (8 bytes/parameter) are made by the
-first optimizer step, and group_by_length (the fast path) puts the longest batch first in every
-epoch. A run shorter than two epochs meets its longest batch without the moments and may peak
-later at a shorter length: the bloom-7b1 eager fast path on the H200 (3 steps) ran 432 tokens
-in step 1 (80 GB predicted) and peaked in step 2 at 272 (120 GB); a workshop run of 3 epochs
-meets 432 tokens again with the moments (134 GB), which is what the plan shows. DeepSpeed makes
-its optimizer states at start.
-Host, per rank: Python, torch and CUDA (HOST_CUDA_MIB), the offloaded optimizer states, ZeRO-3's
-16-bit partition copied through the host once to defragment it (DeepSpeed's zero/utils.py
-defragment), and on rank 0 the weights it saves; built_on_host adds the fp32 model before CUDA.
-Fits: usable GPU memory = (the GPU's memory as torch reports it - CUDA_CONTEXT_MIB) /
-(1 + FRAGMENTATION), both measured at the bloom-7b1 out-of-memory on the H200 (of 139.80 GiB:
-0.73 GiB outside PyTorch, 4.05 GiB cached but unusable at 132.72 GiB allocated); "yes" = the
-peak within 90% of it (the prediction's error, what was not measured), "tight" = within it
-(the run reached 99% of the GPU before failing on fragmentation), "no" = above it. Host: the
-same against the host's memory.
-Fitted: the GPU workspace and the host's resident memory before and after CUDA starts, to the
-H100 runs of 2026-11-24 (docs/results.md); nothing else.
-DeepSpeed's estimators (estimate_zero2/3_model_states_mem_needs, which tools/tables.py prints)
-are not used: they count fp32 gradients that exist only during the optimizer step (ZeRO-2 at
-one GPU: 2 + 18 = 20 bytes/parameter against the 16 the runs hold through the forward and
-backward), 4 bytes per parameter of the largest layer for ZeRO-3 that the runs do not show, and
-their additional_buffer_factor of 1.5 on the host, where the offload runs show pinned blocks
-rounded to powers of two instead.
+The first step: without DeepSpeed, AdamW's moments (8 bytes/parameter) come with the first
+optimizer step, and group_by_length (the fast path) puts the longest batch first in each epoch.
+A run of less than two epochs may so peak later at a shorter length: bloom-7b1's eager fast
+path on the H200 (3 steps) ran 432 tokens before the moments and peaked at 272 in step 2 (120
+GB); the workshop's 3 epochs meet 432 tokens again with them (134 GB): what the plan shows.
+Host, per rank: Python, torch and CUDA (HOST_CUDA_MIB), offloaded optimizer states, ZeRO-3's
+16-bit partition copied through the host once (DeepSpeed's zero/utils.py defragment), and on
+rank 0 the weights it saves; built_on_host adds the fp32 model before CUDA (HOST_START_MIB).
+Fits: the GPU's memory as torch reports it, less CUDA_CONTEXT_MIB and FRAGMENTATION (both from
+the bloom-7b1 out-of-memory on the H200) is usable: "yes" = the peak within 90% of it (room for
+the prediction's error), "tight" = within it (may still fail), "no" = above. Host: the same
+against the host's memory.
+Fitted: the GPU workspace and the host's memory before and after CUDA starts, to the H100 runs
+of 2026-11-24 (docs/results.md); nothing else. Not DeepSpeed's estimators: they count fp32
+gradients that live only in the optimizer step, and a 1.5 buffer factor on the host.
 Not measured, so less sure: several GPUs (ZeRO-3's gathered weights), compiled blocks beyond
-bloom-560m, real weights (the runs used random ones). Evaluation and generation need less than
-training and are left out.
+bloom-560m, real weights (random ones ran). Evaluation and generation need less than training.
 """
 import argparse
 import json
@@ -120,9 +106,9 @@ MAX_LIVE_PARAMETERS = 1e9  # stage3_max_live_parameters: gathered ZeRO-3 weights
 SUB_GROUP_SIZE = 1e9  # ZeRO-3 steps its optimizer this many parameters at a time
 LOSS_CHUNK = 1024  # positions per chunk of the fast path's loss (fast_path.use_chunked_loss)
 MARGIN = 0.9  # "yes": the prediction within 90% of the usable memory
-# Measured at the bloom-7b1 out-of-memory on the H200 (docs/results/h200-2026-12-01/large-models):
-CUDA_CONTEXT_MIB = 750  # 137.50 GiB in use by the process - 136.77 GiB reserved by PyTorch
-FRAGMENTATION = 0.03  # 4.05 GiB reserved but unallocated at 132.72 GiB allocated
+# The bloom-7b1 out-of-memory on the H200 (h200-2026-12-01/large-models): 137.50 GiB in use by the
+CUDA_CONTEXT_MIB = 750  # process, of which PyTorch reserved 136.77: 132.72 allocated and
+FRAGMENTATION = 0.03  # 4.05 cached but too fragmented for the 3.83 GiB asked (3% of the allocated)
 
 
 @dataclass
@@ -227,7 +213,7 @@ def loss_bytes(a, tokens, labels, b, fast_path, compiled):
     Fast path: the same for one chunk of LOSS_CHUNK labelled positions, recomputed in the
     backward, while the 16-bit lm_head weight gradient of the chunks before it waits.
     Compiled: one piece over every position that keeps the 16-bit logits
-    (fast_path.compile_blocks; checked against two runs only, bench-fast-compiled/).
+    (fast_path.compile_blocks; checked against bloom-560m runs only).
     """
     upcast = b if b < 4 else 0  # fp32 logits are not copied by .float()
     if fast_path and compiled:
@@ -570,13 +556,10 @@ def plan(args, explicit):
                      f"({p['phase']}) | {p['host_node_mib']:,.0f} | {r['gpu']} | {r['host']} | "
                      f"{ratio} |")
     lines.append("")
-    lines.append(f"Peak GPU MiB predicts torch.cuda.max_memory_allocated() per GPU; nvidia-smi "
-                 f"shows more: the CUDA context and PyTorch's cache. Fits GPU: yes = within 90% of "
-                 f"the usable memory, the GPU's {args.gpu_memory_gib:g} GiB (as torch reports it) "
-                 f"less {CUDA_CONTEXT_MIB} MiB for CUDA's context and {FRAGMENTATION:.0%} for the "
-                 f"allocator's fragmentation (measured at an out-of-memory on the H200); tight = "
-                 f"within it, may still fail; no = above it. Host: resident memory of all ranks "
-                 f"of a node, with the rank that saves the model; yes = within 90% of the host's.")
+    lines.append(f"Peak GPU MiB predicts torch.cuda.max_memory_allocated() per GPU. Fits GPU: yes "
+                 f"= within 90% of the usable memory (the GPU's less {CUDA_CONTEXT_MIB} MiB for "
+                 f"CUDA's context, and {FRAGMENTATION:.0%} for fragmentation: an out-of-memory on "
+                 f"the H200), tight = within it (may fail), no = above. Host: all ranks of a node.")
     if world > 1:
         lines.append("Speed: samples/s per GPU against the workshop's configuration on one GPU; "
                      "nothing was measured on several GPUs (docs/results.md, Several GPUs).")
