@@ -57,7 +57,8 @@ The first step: without DeepSpeed, AdamW's moments (8 bytes/parameter) come with
 optimizer step, and group_by_length (the fast path) puts the longest batch first in each epoch.
 A run of less than two epochs may so peak later at a shorter length: bloom-7b1's eager fast
 path on the H200 (3 steps) ran 432 tokens before the moments and peaked at 272 in step 2 (120
-GB); the workshop's 3 epochs meet 432 tokens again with them (134 GB): what the plan shows.
+GB); the workshop's 3 epochs meet 432 tokens again with them (134 GB, which the plan shows;
+both measured step by step in docs/results/h200-2026-12-01/step-peaks).
 Host, per rank: Python, torch and CUDA (HOST_CUDA_MIB), offloaded optimizer states, ZeRO-3's
 16-bit partition copied through the host once (DeepSpeed's zero/utils.py defragment), and on
 rank 0 the weights it saves; built_on_host adds the fp32 model before CUDA (HOST_START_MIB).
