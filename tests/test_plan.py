@@ -1,10 +1,12 @@
 """tools/plan.py against every committed GPU run, against BLOOM's own code replayed on fake
 tensors, and its command line. CPU only, no training; `pytest -s` prints the comparison."""
+import functools
 import importlib.util
 import json
 import subprocess
 import sys
 import weakref
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,87 +17,158 @@ sys.path.insert(0, str(ROOT / "tools"))
 import plan  # noqa: E402
 
 RESULTS = ROOT / "docs" / "results"
-SIDECAR = "architectures.json"  # what old runs do not record themselves (see the file's note)
+SIDECARS = ("architectures.json", "unrecorded.json")  # what runs do not record (each file's note)
 
 
 def sidecar(path):
-    """The nearest architectures.json above a run's file, or {}."""
+    """(folder, dict) of the nearest sidecar above a run's file, or (None, {})."""
     for folder in path.parents:
-        if (folder / SIDECAR).is_file():
-            return folder, json.loads((folder / SIDECAR).read_text())
+        for name in SIDECARS:
+            if (folder / name).is_file():
+                return folder, json.loads((folder / name).read_text())
         if folder == RESULTS:
             break
     return None, {}
 
 
+def by_prefix(table, name, default=None):
+    return next((v for k, v in (table or {}).items() if name.startswith(k)), default)
+
+
 def committed_runs():
-    """(name, run_metrics dict, what the plan needs to know) for every committed GPU run:
-    each run_metrics.json, and each run in a bench_fast.json (tools/bench_fast.py's output)."""
-    found = [(f, json.loads(f.read_text())) for f in sorted(RESULTS.rglob("run_metrics.json"))]
+    """([run], [(name, why it is skipped)]) for every run under docs/results, both dates: each
+    run folder (run_metrics.json, or run_settings.json alone when cut off before writing its
+    metrics) and each run of a bench_fast.json (tools/bench_fast.py's output). A run: its name,
+    metrics, the memory of its machine, how it ended, and predict()'s keywords for what it does
+    not record itself (from the sidecar of its folder)."""
+    folders = {f.parent for f in RESULTS.rglob("run_settings.json")} | {
+        f.parent for f in RESULTS.rglob("run_metrics.json")}
+    found = [(d / "run_metrics.json", d) for d in sorted(folders)]
     for f in sorted(RESULTS.rglob("bench_fast.json")):
-        found += [(f, metrics) for metrics in json.loads(f.read_text())["results"].values()]
-    runs = []
+        found += [(f, m) for m in json.loads(f.read_text())["results"].values()]
+    runs, skipped = [], []
     for f, m in found:
-        if not m.get("peak_gpu_memory_allocated_mib") or m["peak_gpu_memory_allocated_mib"][0] is None:
-            continue  # not a GPU run
         folder, side = sidecar(f)
-        name = str(f.parent.relative_to(folder or RESULTS))
-        if f.name == "bench_fast.json":
+        key, name = str(f.parent.relative_to(folder or RESULTS)), str(f.parent.relative_to(RESULTS))
+        if isinstance(m, Path):
+            if not f.is_file():
+                skipped.append((name, "no run_metrics.json: cut off before it wrote one"))
+                continue
+            m = json.loads(f.read_text())
+        else:
             name += f" ({m['stage']}, fast path {m['fast_path']}, compiled {m.get('compile_blocks')})"
-        new = "schema_version" in m  # newer runs record these themselves
+        if not m.get("peak_gpu_memory_allocated_mib") or m["peak_gpu_memory_allocated_mib"][0] is None:
+            skipped.append((name, "not a GPU run"))
+            continue
+        new = "schema_version" in m  # version 2 records these itself
+        ended = m["status"] if new else "complete" if m["complete"] else "incomplete"
+        oom = m.get("out_of_memory") if new else side.get("out_of_memory", {}).get(key)
+        if ended != "complete" and not oom:
+            skipped.append((name, f"{ended}, not for lack of memory: {m.get('error')}"))
+            continue
+        batches = side.get("batch_longest_tokens")
         runs.append(dict(
-            name=name, metrics=m,
+            name=name, metrics=m, ended=oom and f"out of {oom} memory" or ended, out_of_memory=oom,
             model=m.get("architecture") or side.get("models", {}).get(m["model"]),
-            longest=m.get("longest_sequence_tokens", side.get("longest_sequence_tokens")),
-            pin_memory=m.get("pin_memory", side.get("pin_memory", {}).get(m.get("deepspeed_config"), True)),
             gpu_memory_mib=m.get("gpu_memory_mib") or side.get("gpu_memory_mib"),
             host_memory_mib=m.get("host_memory_mib") or side.get("host_memory_mib"),
-            out_of_memory=m.get("out_of_memory") if new else side.get("out_of_memory", {}).get(name)))
-    return runs
+            trainer_state=f.parent / "trainer_state.json",
+            settings=dict(
+                longest=m.get("longest_sequence_tokens", side.get("longest_sequence_tokens")),
+                pin_memory=m.get("pin_memory", side.get("pin_memory", {}).get(m.get("deepspeed_config"), True)),
+                save_model=by_prefix(side.get("save_model"), key, True),
+                length_multiple=by_prefix(side.get("length_multiple"), key),
+                # the longest batch after the first step (group_by_length puts the longest first)
+                later_longest=max(batches[1:m["global_step"]]) if batches and m.get("fast_path")
+                and m["global_step"] > 1 else None)))
+    return runs, skipped
 
 
-RUNS = committed_runs()
+RUNS, SKIPPED = committed_runs()
 
 
 def prediction(run):
-    return plan.predict_run(run["metrics"], model=run["model"], longest=run["longest"],
-                            pin_memory=run["pin_memory"])
+    return plan.predict_run(run["metrics"], model=run["model"], **run["settings"])
 
 
 def test_committed_runs_are_found_and_known():
-    assert len(RUNS) >= 32
+    assert len(RUNS) >= 59 and len({r["name"] for r in RUNS}) == len(RUNS)
+    assert any("h200-2026-12-01" in r["name"] for r in RUNS)
     for run in RUNS:
-        assert run["model"], f"{run['name']}: architecture unknown (add it to {SIDECAR})"
+        assert run["model"], f"{run['name']}: architecture unknown (add it to its sidecar)"
         assert run["gpu_memory_mib"] and run["host_memory_mib"], f"{run['name']}: machine unknown"
+    assert [name for name, _ in SKIPPED] == ["h200-2026-12-01/explore/ZeRO-2_fast_RO64_short"], SKIPPED
 
 
 def test_every_run_within_10_percent_and_fits_as_it_ran():
+    """GPU within 10%; host within 10% or 512 MiB; "no" for every run that ran out of that
+    memory, never "no" for one that completed."""
     rows, worst = [], 0
     for run in RUNS:
         m, p = run["metrics"], prediction(run)
         gpu, host = max(m["peak_gpu_memory_allocated_mib"]), max(m["peak_host_rss_mib"])
         error = p["gpu_mib"] / gpu - 1
         fits_gpu = plan.fits(p["gpu_mib"], run["gpu_memory_mib"])
-        fits_host = plan.fits(p["host_node_mib"], run["host_memory_mib"])
+        fits_host = plan.fits(p["host_node_mib"], run["host_memory_mib"], gpu=False)
         worst = max(worst, abs(error))
-        rows.append(f"| {run['name']} | {run['model']} | {m['zero_stage']} | {m['offload_optimizer']}"
-                    f"/{m['offload_param']} | {m['precision']} | {p['gpu_mib']:,.0f} | {gpu:,.0f} | "
+        later = run["settings"]["later_longest"]
+        rows.append(f"| {run['name']} | {plan.architecture(run['model']).params / 1e9:.2f}e9 | "
+                    f"{m['zero_stage']} | {m['offload_optimizer']}/{m['offload_param']} | "
+                    f"{m['precision']} | {'GC ' * bool(m.get('gradient_checkpointing'))}"
+                    f"{'fast' * bool(m.get('fast_path'))}{' compiled' * bool(m.get('compile_blocks'))} | "
+                    f"{m['per_device_train_batch_size']}x{m['gradient_accumulation_steps']}"
+                    f"{f', {later} after step 1' if later else ''} | {p['gpu_mib']:,.0f} | {gpu:,.0f} | "
                     f"{error:+.1%} | {p['phase']} | {p['host_mib']:,.0f} | {host:,.0f} | "
-                    f"{p['host_mib'] / host - 1:+.1%} | {fits_gpu} / {fits_host} | "
-                    f"{run['out_of_memory'] or ('complete' if m['complete'] else 'incomplete')} |")
+                    f"{p['host_mib'] / host - 1:+.1%} | {fits_gpu} / {fits_host} | {run['ended']} |")
         assert abs(error) <= 0.10, f"{run['name']}: predicted {p['gpu_mib']:.0f} MiB, measured {gpu:.0f}"
+        assert abs(p["host_mib"] - host) <= max(0.10 * host, 512), \
+            f"{run['name']}: host {p['host_mib']:.0f} vs {host:.0f} MiB"
         if run["out_of_memory"] == "host":
             assert fits_host == "no", f"{run['name']} ran out of host memory; the plan says {fits_host}"
         elif run["out_of_memory"] == "gpu":
             assert fits_gpu == "no", f"{run['name']} ran out of GPU memory; the plan says {fits_gpu}"
         else:
-            assert m["complete"], f"{run['name']} did not complete: say why in {SIDECAR} or the run"
             assert "no" not in (fits_gpu, fits_host), f"{run['name']} ran; the plan says it does not fit"
-    print("\n| run | model | ZeRO | offload opt/param | precision | predicted alloc MiB | measured | "
-          "error | peak at | predicted host MiB | measured (ru_maxrss) | error | fits GPU / host | "
-          "ended |\n|" + "---|" * 14)
+    print("\n| run | parameters | ZeRO | offload opt/param | precision | levers | batch | predicted "
+          "alloc MiB | measured | error | peak at | predicted host MiB | measured (ru_maxrss) | "
+          "error | fits GPU / host | ended |\n|" + "---|" * 16)
     print("\n".join(rows))
-    print(f"largest GPU error: {worst:.1%}")
+    print(f"largest GPU error: {worst:.1%} over {len(RUNS)} runs; skipped: "
+          + "; ".join(f"{name} ({why})" for name, why in SKIPPED))
+
+
+def test_batch_lengths_add_up_to_each_runs_total_flos():
+    """The sidecar's batch lengths are those the runs trained on: padded as each run padded,
+    their tokens make the Trainer's total_flos (6 x non-embedding parameters x input tokens)."""
+    checked = 0
+    for run in RUNS:
+        m, (_, side) = run["metrics"], sidecar(run["trainer_state"])
+        if "batch_longest_tokens" not in side or m["zero_stage"] == 3 or not run["trainer_state"].is_file():
+            continue  # ZeRO-3's partitioned parameters count as none
+        a, batch = plan.architecture(run["model"]), m["per_device_train_batch_size"] * m["gradient_accumulation_steps"]
+        multiple = run["settings"]["length_multiple"] or (64 if m["compile_blocks"] else 8)
+        tokens = sum(min(batch, m["train_samples"] - i * batch) * (
+            m["max_length"] if m["pad_to_max_length"] else -(-longest // multiple) * multiple)
+            for i, longest in enumerate(side["batch_longest_tokens"][:m["global_step"]]))
+        flos = json.loads(run["trainer_state"].read_text())["total_flos"]
+        assert flos / 6 / (a.params - a.vocab * a.hidden) == pytest.approx(tokens), run["name"]
+        checked += 1
+    assert checked >= 15
+
+
+def test_the_peak_comes_where_the_plan_says_on_the_h200():
+    """bloom-7b1's eager fast path, step by step (h200-2026-12-01/step-peaks): 432 tokens before
+    AdamW's moments exist, 272 with them (the committed 3-step run's peak), then 432 with them
+    (a second epoch's, which the plan shows)."""
+    steps = json.loads((RESULTS / "h200-2026-12-01" / "step-peaks" / "step_peaks.json").read_text())["steps"]
+    predict = functools.partial(plan.predict, "bloom-7b1", per_device_train_batch_size=16,
+                                gradient_accumulation_steps=1, precision="bf16", fast_path=True)
+    states = plan.model_states(plan.architecture("bloom-7b1"), dict(
+        world_size=1, b=2, gradient_accumulation_steps=1, zero_stage=None))
+    # step 1 peaks where AdamW makes its moments: weights, gradients and moments, 16 B/parameter
+    assert states["step"] / plan.MIB + plan.WORKSPACE_MIB == pytest.approx(steps[0]["peak"], rel=0.001)
+    assert predict(longest=432, later_longest=272)["gpu_mib"] == pytest.approx(steps[1]["peak"], rel=0.01)
+    assert predict(longest=432)["gpu_mib"] == pytest.approx(steps[2]["peak"], rel=0.01)
 
 
 def test_newer_runs_record_their_architecture():
@@ -104,16 +177,7 @@ def test_newer_runs_record_their_architecture():
     hidden, layers, heads = plan.BLOOM["bloom-560m"]
     newer = dict(run["metrics"], schema_version=2, model="/somewhere/else", architecture=dict(
         vocab_size=250_880, hidden_size=hidden, n_layer=layers, n_head=heads))
-    assert plan.predict_run(newer) == prediction(run)
-
-
-def test_host_memory_of_offload_runs_within_15_percent():
-    offload = [r for r in RUNS if r["metrics"].get("offload_optimizer") not in (None, "none")]
-    assert offload
-    for run in offload:
-        host = max(run["metrics"]["peak_host_rss_mib"])
-        predicted = prediction(run)["host_mib"]
-        assert abs(predicted / host - 1) <= 0.15, f"{run['name']}: host {predicted:.0f} vs {host:.0f} MiB"
+    assert plan.predict_run(newer, **run["settings"])["gpu_mib"] == prediction(run)["gpu_mib"]
 
 
 # --- the activation and loss terms against BLOOM's code, replayed on fake tensors ------------
@@ -142,16 +206,21 @@ class LiveBytes(torch.utils._python_dispatch.TorchDispatchMode):
         return out
 
 
-def replay(arch, batch, length, *, amp=False, fp32=False, fast=False, checkpointing=False):
-    """Peak MiB of what one micro-batch's forward and backward allocate (weights and existing
-    gradients excluded), running BLOOM's code on fake tensors (no memory, no arithmetic)."""
-    from torch._subclasses.fake_tensor import FakeTensorMode
-    from transformers import AutoModelForCausalLM, BloomConfig
+def load_fast_path():
     fast_path = sys.modules.get("fast_path")  # tests/test_fast_path.py loads it the same way
     if fast_path is None:  # from its file: baseline/ on sys.path would shadow other stages' modules
         spec = importlib.util.spec_from_file_location("fast_path", ROOT / "baseline" / "fast_path.py")
         fast_path = sys.modules["fast_path"] = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(fast_path)
+    return fast_path
+
+
+def replay(arch, batch, length, *, amp=False, fp32=False, fast=False, checkpointing=False):
+    """Peak MiB of what one micro-batch's forward and backward allocate (weights and existing
+    gradients excluded), running BLOOM's code on fake tensors (no memory, no arithmetic)."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from transformers import AutoModelForCausalLM, BloomConfig
+    fast_path = load_fast_path()
     hidden, layers, heads = plan.BLOOM[arch]
     with FakeTensorMode(allow_non_fake_inputs=True):
         config = BloomConfig(vocab_size=250_880, hidden_size=hidden, n_layer=layers, n_head=heads)
@@ -200,6 +269,39 @@ def test_activation_and_loss_terms_match_blooms_code(case):
     counted = p["gpu_mib"] - p["workspace_mib"] - states["fb"] / plan.MIB  # the replay has no
     # optimizer, and its weights and gradients exist before it starts
     assert counted == pytest.approx(replayed, rel=0.02), (case, p["phase"])
+
+
+@pytest.mark.parametrize("attention, batch, length", [("sdpa", 16, 432), ("eager", 4, 512)])
+def test_a_bloom_7b1_block_saves_what_the_plan_counts(attention, batch, length):
+    """What one block keeps for its backward under bf16 autocast (the Trainer), counted on fake
+    tensors: the fast path's SDPA attention at the bloom-7b1 run's 16 x 432 tokens, and eager
+    attention at the workshop's 4 x 512. Activations as block_activations counts them; the
+    16-bit copies of its four weight matrices (2 bytes x 12 hidden^2) on top."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from transformers import BloomConfig
+    from transformers.models.bloom.modeling_bloom import BloomBlock
+    fast_path = load_fast_path()
+    hidden, _, heads = plan.BLOOM["bloom-7b1"]
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        block = BloomBlock(BloomConfig(hidden_size=hidden, n_head=heads), layer_idx=0)
+        if attention == "sdpa":
+            fast_path.use_sdpa_attention(block)
+        shapes = {tuple(p.shape) for p in block.parameters()}
+        saved = {}
+
+        def pack(t):  # every storage once: weight copies (stored transposed) apart from the rest
+            kind = "copy" if t.dim() == 2 and tuple(t.shape)[::-1] in shapes else "activation"
+            saved[t.untyped_storage()._cdata] = (kind, t.untyped_storage().nbytes())
+            return t
+        x = torch.zeros(batch, length, hidden, requires_grad=True)  # the fp32 residual stream
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), \
+                torch.autocast("cpu", dtype=torch.bfloat16):
+            block(x, torch.zeros(batch * heads, 1, length), torch.zeros(batch, 1, length, length))
+    total = {kind: sum(n for k, n in saved.values() if k == kind) for kind in ("copy", "activation")}
+    a = plan.architecture("bloom-7b1")
+    assert total["activation"] == pytest.approx(
+        plan.block_activations(a, batch, length, 2, True, attention), rel=0.001)
+    assert total["copy"] == 2 * 12 * hidden ** 2
 
 
 # --- the command line ---------------------------------------------------------------------

@@ -2,14 +2,15 @@
 configuration train.py can run, from the model's architecture alone (no GPU, no weights).
 
     python tools/plan.py bloom-7b1 --gpus_per_node 4
+    python tools/plan.py bloom-7b1 --gpu_memory_gib 139.8 --host_memory_gib 125   # one H200
     python tools/plan.py prepared/model --gpu_memory_gib 24          # a folder with config.json
-    python tools/plan.py bigscience/bloom-1b7 --nodes 2 --gpus_per_node 4
 
 MODEL is one of bloom-560m, bloom-1b7, bloom-3b, bloom-7b1 (tools/bloom_architecture.py), a
 folder with config.json, or a hub id (its config is read from the local cache, else the hub).
 The model is built on PyTorch's meta device to count its parameters. One Markdown row per
 configuration (no DeepSpeed, ZeRO-1/2/3, offload; each with and without gradient
-checkpointing; the fast path), then the fastest one that fits with 10% to spare.
+checkpointing; the fast path, compiled as train.py would compile it or not), then the fastest
+one that fits with 10% to spare.
 
 Python API (tools/tables.py imports it; keep it stable):
 
@@ -17,48 +18,59 @@ Python API (tools/tables.py imports it; keep it stable):
             gradient_accumulation_steps=4, max_length=512, precision="fp16", zero_stage=None,
             offload_optimizer=False, offload_param=False, gradient_checkpointing=False,
             fast_path=False, compile_blocks=False, pad_to_max_length=None, longest=None,
-            pin_memory=True) -> dict
+            later_longest=None, length_multiple=None, pin_memory=True, save_model=True,
+            built_on_host=False) -> dict
         model: a name/folder/hub id as above, a transformers config, a dict of BLOOM config keys
           (vocab_size, hidden_size, n_layer, n_head), or architecture()'s result.
         zero_stage None = no DeepSpeed (the Trainer and torch.autocast, one GPU: DDP's buckets
           are not counted); 0-3 = DeepSpeed.
         pad_to_max_length None = the workshop's choice (pad, unless fast_path); longest = tokens
-          of the longest training sequence, which sets the length of the largest batch when not
-          padding to max_length (None: max_length, the worst case).
-        Returns MiB per GPU: gpu_mib (predicted torch.cuda.max_memory_allocated(); nvidia-smi
-        shows CUDA's context and PyTorch's cache on top), model_states_mib, activations_mib,
-        logits_mib, workspace_mib (these four add up to gpu_mib), phase (when the peak comes);
-        host_mib (resident memory of the rank that saves the model, ru_maxrss) and
-        host_node_mib (all ranks of one node); parameters, sequence_length.
-    predict_run(run_metrics, model=None, longest=None, pin_memory=None) -> predict()'s dict
-        for the configuration a run_metrics.json records (model: its architecture, when the
-        run does not record one itself).
+          of the longest training sequence, the length of the largest batch when not padding
+          (None: max_length, the worst case); later_longest = the longest after the first
+          optimizer step (None: longest; "the first step" below); length_multiple = what the
+          collator pads lengths to (None: train.py's, 64 with compiled blocks, else 8).
+          save_model: rank 0 gathers the weights it writes on the host. built_on_host: the fp32
+          model built on the host first, as train.py did before run_metrics.json's schema 2.
+        Returns MiB per GPU: gpu_mib (predicted torch.cuda.max_memory_allocated()), and its
+        parts model_states_mib, activations_mib, logits_mib, workspace_mib; phase (when the
+        peak comes); host_mib (ru_maxrss of the rank that saves the model) and host_node_mib
+        (all ranks of one node); parameters, sequence_length.
+    predict_run(run_metrics, model=None, **settings) -> predict()'s dict for the configuration
+        a run_metrics.json records (model: its architecture, where the run does not record it;
+        settings: predict()'s keywords for what it does not record, e.g. later_longest).
+    fits(mib, capacity_mib, gpu=True) -> "yes", "tight" or "no" (below).
     architecture(model) -> Arch (vocabulary, hidden size, layers, heads, parameter sizes).
     Each raises ValueError with a one-line reason for a model it cannot read or that is not BLOOM.
 
 The memory model (bytes; P parameters, b = 2 for fp16/bf16 or 4 for fp32, N GPUs, T = batch x
 sequence tokens per micro-batch, V x H the tied embedding / lm_head weight). Each term is
-counted from how the code allocates; tests/test_plan.py replays one micro-batch of the real
-BLOOM code on fake tensors to check the activation and loss terms, and compares every committed
-GPU run. The peak is the largest of five moments of a step:
+counted from how the code allocates; tests/test_plan.py replays BLOOM's code on fake tensors to
+check the activation and loss terms, and compares every committed GPU run. The peak is the
+largest of five moments of a step:
   forward end   states + autocast's 16-bit weight copies + activations + the loss's forward
   loss backward states + the copies kept for backward + activations + the loss's backward
   last block    the backward through the last block, with the lm_head gradient waiting for the
                 embedding's (tied weights) and, for ZeRO-2 with accumulation, two gradient buffers
   end backward  every gradient, and the embedding's V x H gradient before it is added in
   optimizer     DeepSpeed's step: a flat 16-bit copy of the gradients and their fp32 version
-Only three constants are fitted, to the H100 runs of 2026-11-24 (docs/results.md): the GPU
-workspace and the host's resident memory before and after CUDA starts (below).
-DeepSpeed's estimators (estimate_zero2/3_model_states_mem_needs, which tools/tables.py prints)
-are not used: they count fp32 gradients that exist only during the optimizer step (ZeRO-2 at
-one GPU: 2 + 18 = 20 bytes/parameter against the 16 the runs hold through the forward and
-backward), 4 bytes per parameter of the largest layer for ZeRO-3 that the runs do not show, and
-their additional_buffer_factor of 1.5 on the host, where the offload runs show pinned blocks
-rounded to powers of two instead.
-Not measured, so less sure: several GPUs (ZeRO-3's gathered weights, each rank building the
-fp32 model on the host without ZeRO-3), gradient checkpointing (checked on fake tensors only),
-compiled blocks (two runs), real weights (the runs used random ones), bloom-7b1. Evaluation and
-generation need less than training and are left out.
+The first step: without DeepSpeed, AdamW's moments (8 bytes/parameter) come with the first
+optimizer step, and group_by_length (the fast path) puts the longest batch first in each epoch.
+A run of less than two epochs may so peak later at a shorter length: bloom-7b1's eager fast
+path on the H200 (3 steps) ran 432 tokens before the moments and peaked at 272 in step 2 (120
+GB); the workshop's 3 epochs meet 432 tokens again with them (134 GB, which the plan shows;
+both measured step by step in docs/results/h200-2026-12-01/step-peaks).
+Host, per rank: Python, torch and CUDA (HOST_CUDA_MIB), offloaded optimizer states, ZeRO-3's
+16-bit partition copied through the host once (DeepSpeed's zero/utils.py defragment), and on
+rank 0 the weights it saves; built_on_host adds the fp32 model before CUDA (HOST_START_MIB).
+Fits: the GPU's memory as torch reports it, less CUDA_CONTEXT_MIB and FRAGMENTATION (both from
+the bloom-7b1 out-of-memory on the H200) is usable: "yes" = the peak within 90% of it (room for
+the prediction's error), "tight" = within it (may still fail), "no" = above. Host: the same
+against the host's memory.
+Fitted: the GPU workspace and the host's memory before and after CUDA starts, to the H100 runs
+of 2026-11-24 (docs/results.md); nothing else. Not DeepSpeed's estimators: they count fp32
+gradients that live only in the optimizer step, and a 1.5 buffer factor on the host.
+Not measured, so less sure: several GPUs (ZeRO-3's gathered weights), compiled blocks beyond
+bloom-560m, real weights (random ones ran). Evaluation and generation need less than training.
 """
 import argparse
 import json
@@ -87,13 +99,17 @@ WORKSPACE_MIB = 66  # GPU: allocated beyond the counted tensors on every bloom-5
 HOST_START_MIB = 930  # host: a rank before CUDA starts (Python, torch, transformers, datasets):
 # the runs that build the model on the host peak there, at 914-928 MiB + the model
 HOST_CUDA_MIB = 2000  # host: the same rank once CUDA, cuBLAS and NCCL are loaded: the ZeRO-3
-# runs, which build nothing on the host, peak at 1,974-2,000 MiB + the weights they save
+# runs, which build nothing on the host, peak at 1,974-2,000 MiB + their 16-bit weights (the
+# H200's ranks that built on the GPU and saved nothing: 1,513-1,826 MiB, DeepSpeed's 2,286-2,363)
 # DeepSpeed settings the workshop's configs leave at DeepSpeed's defaults (zero/config.py).
 ZERO1_BUCKET = 5e8  # reduce_bucket_size: ds_zero1.json does not set it (ds_zero2/3: "auto", hidden^2)
 MAX_LIVE_PARAMETERS = 1e9  # stage3_max_live_parameters: gathered ZeRO-3 weights kept for reuse
 SUB_GROUP_SIZE = 1e9  # ZeRO-3 steps its optimizer this many parameters at a time
 LOSS_CHUNK = 1024  # positions per chunk of the fast path's loss (fast_path.use_chunked_loss)
-MARGIN = 0.9  # "fits": the prediction within 90% of the memory (the caching allocator, context)
+MARGIN = 0.9  # "yes": the prediction within 90% of the usable memory
+# The bloom-7b1 out-of-memory on the H200 (h200-2026-12-01/large-models): 137.50 GiB in use by the
+CUDA_CONTEXT_MIB = 750  # process, of which PyTorch reserved 136.77: 132.72 allocated and
+FRAGMENTATION = 0.03  # 4.05 cached but too fragmented for the 3.83 GiB asked (3% of the allocated)
 
 
 @dataclass
@@ -198,7 +214,7 @@ def loss_bytes(a, tokens, labels, b, fast_path, compiled):
     Fast path: the same for one chunk of LOSS_CHUNK labelled positions, recomputed in the
     backward, while the 16-bit lm_head weight gradient of the chunks before it waits.
     Compiled: one piece over every position that keeps the 16-bit logits
-    (fast_path.compile_blocks; checked against two runs only, bench-fast-compiled/).
+    (fast_path.compile_blocks; checked against bloom-560m runs only).
     """
     upcast = b if b < 4 else 0  # fp32 logits are not copied by .float()
     if fast_path and compiled:
@@ -286,12 +302,12 @@ def host_states(a, c):
     return total
 
 
-def sequence_length(c):
-    """Tokens per sequence in the largest micro-batch."""
+def sequence_length(c, longest):
+    """Tokens per sequence in the largest micro-batch whose longest sequence is `longest`."""
     if c["pad_to_max_length"]:
         return c["max_length"]
-    longest = min(c["longest"] or c["max_length"], c["max_length"])
-    multiple = 64 if c["compile_blocks"] else 8  # train.py's collator (CUDA graphs: 64)
+    longest = min(longest or c["max_length"], c["max_length"])
+    multiple = c["length_multiple"] or (64 if c["compile_blocks"] else 8)  # train.py's collator
     return -(-longest // multiple) * multiple
 
 
@@ -299,24 +315,18 @@ def predict(model, *, world_size=1, nodes=1, per_device_train_batch_size=4,
             gradient_accumulation_steps=4, max_length=512, precision="fp16", zero_stage=None,
             offload_optimizer=False, offload_param=False, gradient_checkpointing=False,
             fast_path=False, compile_blocks=False, pad_to_max_length=None, longest=None,
-            pin_memory=True):
+            later_longest=None, length_multiple=None, pin_memory=True, save_model=True,
+            built_on_host=False):
     """Peak GPU memory per GPU, host memory per rank and node (the module docstring says how)."""
     a = architecture(model)
     c = dict(world_size=world_size, nodes=nodes, max_length=max_length, zero_stage=zero_stage,
-             gradient_accumulation_steps=gradient_accumulation_steps, longest=longest,
+             gradient_accumulation_steps=gradient_accumulation_steps, length_multiple=length_multiple,
              offload_optimizer=offload_optimizer, offload_param=offload_param,
              compile_blocks=compile_blocks and fast_path, pin_memory=pin_memory,
              pad_to_max_length=(not fast_path) if pad_to_max_length is None else pad_to_max_length,
              b=4 if precision == "fp32" else 2)
     P, b, B, VH = a.params, c["b"], per_device_train_batch_size, a.vocab * a.hidden
-    L = sequence_length(c)
     amp = zero_stage is None and b == 2  # the Trainer's torch.autocast over fp32 weights
-    attention = "sdpa" if fast_path else "eager"
-    block = block_activations(a, B, L, b, amp, attention)
-    activations = a.layers * block
-    if gradient_checkpointing:  # each block keeps its input; the backward recomputes one block
-        activations = a.layers * B * L * a.hidden * (4 if amp else b)
-    loss_fwd, loss_bwd = loss_bytes(a, B * L, B * (L - 1), b, fast_path, c["compile_blocks"])
     s = model_states(a, c)
     copies = 2 * P if amp else 0  # autocast caches a 16-bit copy of each weight for the forward
     kept_copies = b * VH if amp and gradient_checkpointing else copies  # checkpointed blocks recast
@@ -324,40 +334,53 @@ def predict(model, *, world_size=1, nodes=1, per_device_train_batch_size=4,
     second = (b * P / world_size if zero_stage == 2 and gradient_accumulation_steps > 1
               and not offload_optimizer else 0)  # the previous micro-batch's gradient partition
     bucket_fb, bucket_bwd = buckets(a, c)
-    phases = {  # name: (model states, activations, logits and loss, DeepSpeed's buckets), bytes
-        "forward end": (s["fb"] + copies, activations, loss_fwd, bucket_fb),
-        "loss backward": (s["fb"] + kept_copies, activations, loss_bwd, bucket_fb),
-        "last block backward": (s["fb"] + kept_copies + second + grad_bytes * VH,
-                                activations + block * (1 + gradient_checkpointing), 0, bucket_bwd),
-        "end of backward": (s["full"] + grad_bytes * VH, 0, 0, bucket_bwd),
-        "optimizer step": (s["step"], 0, 0, 0),
-    }
+
+    def moments(L, missing):
+        """name: (model states, activations, logits and loss, DeepSpeed's buckets) in bytes, of a
+        step whose largest micro-batch is L tokens long, with `missing` bytes of states not there yet."""
+        block = block_activations(a, B, L, b, amp, "sdpa" if fast_path else "eager")
+        activations = a.layers * block
+        if gradient_checkpointing:  # each block keeps its input; the backward recomputes one block
+            activations = a.layers * B * L * a.hidden * (4 if amp else b)
+        loss_fwd, loss_bwd = loss_bytes(a, B * L, B * (L - 1), b, fast_path, c["compile_blocks"])
+        fb, full = s["fb"] - missing, s["full"] - missing
+        return {
+            "forward end": (fb + copies, activations, loss_fwd, bucket_fb),
+            "loss backward": (fb + kept_copies, activations, loss_bwd, bucket_fb),
+            "last block backward": (fb + kept_copies + second + grad_bytes * VH,
+                                    activations + block * (1 + gradient_checkpointing), 0, bucket_bwd),
+            "end of backward": (full + grad_bytes * VH, 0, 0, bucket_bwd),
+            "optimizer step": (s["step"], 0, 0, 0)}
+
+    L, first = sequence_length(c, later_longest or longest), sequence_length(c, longest)
+    phases = moments(L, 0)
+    if zero_stage is None and first > L:  # the longest batch came before AdamW's moments
+        phases.update({f"{k} (step 1)": v for k, v in moments(first, 8 * P).items()})
     phase = max(phases, key=lambda k: sum(phases[k]))
     states, acts, logits, bucket = phases[phase]
     workspace = WORKSPACE_MIB * MIB + bucket
     ranks_per_node = max(world_size // nodes, 1)
     zero3 = zero_stage == 3  # the Trainer builds the model under zero.Init: nothing on the host
-    build = HOST_START_MIB * MIB + (0 if zero3 else 4 * P + 4 * VH)  # fp32 model on the host;
-    # BloomForCausalLM makes lm_head's own V x H before tying it to the embedding
+    build = HOST_START_MIB * MIB + 4 * P + 4 * VH if built_on_host and not zero3 else 0  # fp32
+    # model on the host; BloomForCausalLM makes lm_head's own V x H before tying it
     train = HOST_CUDA_MIB * MIB + host_states(a, c)
-    save = 4 * P if zero_stage is None else b * P  # rank 0 gathers the weights it saves
-    host_rank0, host_other = max(build, train + save), max(build, train)
+    defragment = b * P / world_size if zero3 and not offload_param else 0  # stage3.py, at start
+    save = (4 * P if zero_stage is None else b * P) if save_model else 0  # gathered on rank 0
+    host_rank0, host_other = max(build, train + max(defragment, save)), max(build, train + defragment)
     return dict(
         gpu_mib=(states + acts + logits + workspace) / MIB, model_states_mib=states / MIB,
         activations_mib=acts / MIB, logits_mib=logits / MIB, workspace_mib=workspace / MIB,
         phase=phase, host_mib=host_rank0 / MIB,
         host_node_mib=(host_rank0 + (ranks_per_node - 1) * host_other) / MIB,
-        parameters=P, sequence_length=L)
+        parameters=P, sequence_length=first)
 
 
-def predict_run(metrics, model=None, longest=None, pin_memory=None):
-    """predict() for the configuration a run_metrics.json records (either schema)."""
+def predict_run(metrics, model=None, **settings):
+    """predict() for the configuration a run_metrics.json records (either schema); settings:
+    predict()'s keywords for what the run does not record (they win over what it does)."""
     def offloaded(key):
         return metrics.get(key) not in (None, "none", False)
-    if pin_memory is None:
-        pin_memory = metrics.get("pin_memory", True)  # the workshop's offload configs pin
-    return predict(
-        metrics.get("architecture") or model or metrics["model"],
+    recorded = dict(
         world_size=metrics.get("world_size") or 1, nodes=metrics.get("nodes") or 1,
         per_device_train_batch_size=metrics["per_device_train_batch_size"],
         gradient_accumulation_steps=metrics["gradient_accumulation_steps"],
@@ -367,7 +390,11 @@ def predict_run(metrics, model=None, longest=None, pin_memory=None):
         gradient_checkpointing=bool(metrics.get("gradient_checkpointing")),
         fast_path=bool(metrics.get("fast_path")), compile_blocks=bool(metrics.get("compile_blocks")),
         pad_to_max_length=metrics.get("pad_to_max_length", True),
-        longest=metrics.get("longest_sequence_tokens", longest), pin_memory=pin_memory)
+        longest=metrics.get("longest_sequence_tokens"),
+        pin_memory=metrics.get("pin_memory") is not False,  # the workshop's offload configs pin
+        built_on_host="schema_version" not in metrics)  # version 1 built the model on the host
+    recorded.update({k: v for k, v in settings.items() if v is not None})
+    return predict(metrics.get("architecture") or model or metrics["model"], **recorded)
 
 
 # --- the plan ------------------------------------------------------------------------------
@@ -380,46 +407,67 @@ CONFIGS = [  # label, DeepSpeed config, ZeRO stage, offload optimizer, offload p
     ("ZeRO-2 + optimizer offload", "ds_zero2_offload.json", 2, True, False),
     ("ZeRO-3 + optimizer and parameter offload", "ds_zero3_offload.json", 3, True, True),
 ]
-# samples/s relative to the workshop's configuration (no DeepSpeed, batch 4 x 4, pad 512) of
-# the same model on one H100, keyed (ZeRO stage, offload): docs/results.md, 2026-11-24
+# Speed: samples/s against the workshop's configuration (no DeepSpeed, batch 4 x 4, pad 512, no
+# checkpointing) of the same model on one GPU, as measured. Keys: "z0".."z3" ZeRO stages, "o"
+# with offload, "fast" the fast path with compiled blocks, "fast eager" without, "gc" gradient
+# checkpointing, "none" the workshop's.
+H200 = "docs/results/h200-2026-12-01/"
 SPEED = {
-    "bloom-560m": ("docs/results.md, single-GPU stages, fp16 rows (bloom-560m)",
-                   {None: 1.0, 0: 0.91, 1: 0.90, 2: 0.44, 3: 0.19, "2o": 0.26, "3o": 0.11}),
-    "bloom-1b7": ("docs/results.md, larger architectures (bloom-1b7, bf16, 4 steps)",
-                  {None: 1.0, 1: 1.05, 2: 0.72, 3: 0.28, "2o": 0.24, "3o": 0.17}),
-    "bloom-3b": ("docs/results.md, larger architectures (bloom-3b, bf16, 4 steps)",
-                 {None: 1.0, 1: 1.06, 2: 0.55, 3: 0.33, "2o": 0.21, "3o": 0.17}),
+    "bloom-560m": [
+        ("docs/results.md, single-GPU stages (H100, fp16 rows)",
+         {"z0": 0.91, "z1": 0.90, "z2": 0.44, "z3": 0.19, "z2o": 0.26, "z3o": 0.11}),
+        (H200 + "explore (H200, one epoch; the workshop's 56.9 samples/s)",
+         {"fast": 5.6, "fast eager": 1.62, "z0 fast": 2.37, "z1 fast": 2.49}),
+        ("docs/results.md, Making it fast, call 1 (H100)", {"z2 fast": 1.57, "z2 fast eager": 0.95})],
+    "bloom-1b7": [
+        ("docs/results.md, larger architectures (H100, bf16, 4 steps)",
+         {"z1": 1.05, "z2": 0.72, "z3": 0.28, "z2o": 0.24, "z3o": 0.17}),
+        (H200 + "large-models (H200, 3 steps: 27.3 against 40.1 samples/s)", {"gc": 0.68})],
+    "bloom-3b": [("docs/results.md, larger architectures (H100, bf16, 4 steps)",
+                  {"z1": 1.06, "z2": 0.55, "z3": 0.33, "z2o": 0.21, "z3o": 0.17})],
+    "bloom-7b1": [(H200 + "large-models (H200, 3 steps); the workshop's configuration does not "
+                   "fit, its speed is taken as checkpointing's 12.0 samples/s / 0.68",
+                   {"gc": 0.68, "fast eager": 1.36, "fast eager gc": 1.18, "z3": 0.48})],
 }
-FAST_SPEED = ("docs/results.md, Making it fast, call 1 (bloom-560m): fast path 5.67 (compiled) / "
-              "1.90 (eager), ZeRO-2 fast path 1.57 / 0.95",
-              {(None, True): 5.67, (None, False): 1.90, (2, True): 1.57, (2, False): 0.95})
-CHECKPOINTING_SPEED = 0.75  # not measured: the backward recomputes each block's forward (~4/3 the work)
+CHECKPOINTING = {False: (0.68, "bloom-1b7, H200"), True: (0.87, "bloom-7b1's eager fast path, H200")}
 
 
-def speed(a, stage, offload, fast, compiled, checkpointing):
-    """(ratio to the workshop's configuration of the same model, note)."""
-    measured = min(SPEED, key=lambda k: abs(architecture(k).params - a.params))  # the nearest size
-    source, ratios = SPEED[measured]
-    if architecture(measured).params != a.params:
-        source += ", the nearest measured size"
-    key = f"{stage}o" if offload else stage
-    ratio, note = ratios.get(key, ratios.get(1)), source
-    if fast:
-        fast_ratio = None if offload else FAST_SPEED[1].get((stage, compiled))
-        ratio = fast_ratio if fast_ratio else ratio * FAST_SPEED[1][(None, False)]
-        note = (FAST_SPEED[0] if fast_ratio
-                else "estimated: the stage's ratio x 1.90, the eager fast path's gain")
-    if checkpointing:
-        ratio, note = ratio * CHECKPOINTING_SPEED, note + "; x0.75 for checkpointing (not measured)"
-    return ratio, note
+def speed_key(stage, offload, fast, compiled, checkpointing):
+    words = ([] if stage is None else [f"z{stage}" + "o" * offload]) + (
+        ["fast" if compiled else "fast eager"] if fast else []) + ["gc"] * checkpointing
+    return " ".join(words) or "none"
 
 
-def fits(mib, capacity_mib):
-    return "yes" if mib <= MARGIN * capacity_mib else "tight" if mib <= capacity_mib else "no"
+def speed(a, key):
+    """(samples/s against the workshop's configuration of the same model, or None; source).
+
+    Measured for this size, else the ratio without checkpointing times CHECKPOINTING's, else the
+    nearest measured size's (not for the fast path, whose gain depends on the size)."""
+    sizes = sorted(SPEED, key=lambda k: abs(BLOOM[k][0] ** 2 * BLOOM[k][1] - a.hidden ** 2 * a.layers))
+    same = sizes[0] if BLOOM[sizes[0]] == (a.hidden, a.layers, a.heads) else None
+    tries = [(key, 1, "")]
+    if key.endswith("gc"):
+        factor, where = CHECKPOINTING["fast" in key]
+        tries.append((key[:-3] or "none", factor, f"; x{factor} for checkpointing ({where})"))
+    for k, factor, extra in tries:
+        for size in sizes:
+            found = (1.0, "the workshop's configuration") if k == "none" else next(
+                ((r[k], source) for source, r in SPEED[size] if k in r), None)
+            if found and (size == same or "fast" not in k):
+                nearest = "" if size == same or k == "none" else f" ({size}'s, the nearest measured size)"
+                return found[0] * factor, found[1] + nearest + extra
+    return None, "not measured"
 
 
-def options(config, args, fast, checkpointing, batch, accumulation, precision, explicit):
-    """The stage folder, DS_CONFIG and train.py flags of a configuration."""
+def fits(mib, capacity_mib, gpu=True):
+    """"yes", "tight" or "no" (the module docstring says what they mean)."""
+    usable = (capacity_mib - CUDA_CONTEXT_MIB) / (1 + FRAGMENTATION) if gpu else capacity_mib
+    return "yes" if mib <= MARGIN * usable else "tight" if mib <= usable else "no"
+
+
+def options(config, args, fast, checkpointing, batch, accumulation, precision, explicit, compiled):
+    """The stage folder, DS_CONFIG and train.py flags of a configuration (compiled: whether the
+    fast path's blocks are, and whether train.py would compile them on its own)."""
     world = args.gpus_per_node * args.nodes
     label, ds_config, stage = config[:3]
     folder = ("baseline" if stage is None and world == 1 else "deepspeed-single-gpu" if world == 1
@@ -431,6 +479,8 @@ def options(config, args, fast, checkpointing, batch, accumulation, precision, e
         flags.append(f"({args.nodes} node{'s' * (args.nodes > 1)} x {args.gpus_per_node} GPUs)")
     if fast:
         flags.append("--fast_path True")
+        if compiled[0] != compiled[1]:
+            flags.append(f"--compile_blocks {compiled[0]}")
     if precision != ("bf16" if fast else "fp16") or (fast and "precision" in explicit):
         flags.append({"fp16": "--fp16 True", "bf16": "--bf16 True", "fp32": "--fp16 False"}[precision])
     for key, value, default in (("per_device_train_batch_size", batch, 16 if fast else 4),
@@ -450,7 +500,7 @@ def plan(args, explicit):
     gpu_cap, host_cap = args.gpu_memory_gib * 1024, args.host_memory_gib * 1024
     rows, lines = [], []
 
-    def row(config, fast, checkpointing):
+    def row(config, fast, checkpointing, eager=False):
         label, _, stage, offload_opt, offload_param = config
         if stage is None and world > 1:
             stage, label = 0, "ZeRO off (DeepSpeed, ds_config.json)"
@@ -459,27 +509,34 @@ def plan(args, explicit):
             return getattr(args, key) if key in explicit or not fast else workshop.FAST_PATH[key]
         batch, accumulation = given("per_device_train_batch_size"), given("gradient_accumulation_steps")
         precision = args.precision if "precision" in explicit or not fast else "bf16"
-        compiled = fast and workshop.compile_blocks_refusal(stage, accumulation) is None
+        steps = workshop.TRAINING_DEFAULTS["num_train_epochs"] * -(
+            -workshop.WorkshopArguments.train_samples // (batch * accumulation * world))
+        default = (fast and workshop.compile_blocks_refusal(stage, accumulation) is None
+                   and steps >= workshop.COMPILE_PAYS_FROM_STEPS)  # config.device_defaults
+        compiled = default and not eager
         p = predict(a, world_size=world, nodes=args.nodes, per_device_train_batch_size=batch,
                     gradient_accumulation_steps=accumulation, max_length=args.max_length,
                     precision=precision, zero_stage=stage, offload_optimizer=offload_opt,
                     offload_param=offload_param, gradient_checkpointing=checkpointing,
                     fast_path=fast, compile_blocks=compiled, longest=args.longest)
-        ratio, note = speed(a, stage, offload_opt or offload_param, fast, compiled, checkpointing)
+        ratio, note = speed(a, speed_key(stage, offload_opt or offload_param, fast, compiled,
+                                         checkpointing))
         name = (f"fast path{' (compiled blocks)' if compiled else ''} + {label}" if fast else label)
         name += ", gradient checkpointing" if checkpointing else ""
-        flags = options(config, args, fast, checkpointing, batch, accumulation, precision, explicit)
+        flags = options(config, args, fast, checkpointing, batch, accumulation, precision, explicit,
+                        (compiled, default))
         return dict(name=name, options=flags, p=p, gpu=fits(p["gpu_mib"], gpu_cap),
-                    host=fits(p["host_node_mib"], host_cap), ratio=ratio, note=note)
+                    host=fits(p["host_node_mib"], host_cap, gpu=False), ratio=ratio, note=note)
 
     for checkpointing in (False, True):
         rows += [row(config, False, checkpointing) for config in CONFIGS]
     order = {"yes": 0, "tight": 1, "no": 2}
-    for checkpointing in (False, True):  # the fast path with the least partitioning that fits
-        candidates = [row(config, True, checkpointing) for config in CONFIGS]
+    for checkpointing in (False, True):  # the fast path that fits best, then the fastest measured
+        candidates = [row(config, True, checkpointing, eager) for config in CONFIGS
+                      for eager in (False, True)]
         rows.append(min(candidates, key=lambda r: (max(order[r["gpu"]], order[r["host"]]),
-                                                   candidates.index(r))))
-    notes = sorted({r["note"] for r in rows})
+                                                   r["ratio"] is None, -(r["ratio"] or 0))))
+    notes = sorted({r["note"] for r in rows if r["ratio"]})
     lines.append(f"Plan for {a.name}: {a.params / 1e9:.2f}e9 parameters ({a.layers} layers, hidden "
                  f"{a.hidden}, {a.heads} heads, vocabulary {a.vocab:,}), {args.nodes} node(s) x "
                  f"{args.gpus_per_node} GPU(s) of {args.gpu_memory_gib:g} GiB, "
@@ -490,21 +547,20 @@ def plan(args, explicit):
     lines.append("| configuration | options | GPU MiB: model states / activations / logits+loss / "
                  "workspace | peak GPU MiB | host MiB per node | fits GPU | fits host | speed vs "
                  "workshop |")
-    lines.append("|---|---|---|---|---|---|---|---|")
+    lines.append("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         p = r["p"]
         split = " / ".join(f"{p[k]:,.0f}" for k in ("model_states_mib", "activations_mib",
                                                       "logits_mib", "workspace_mib"))
+        ratio = f"x{r['ratio']:.2f} [{notes.index(r['note']) + 1}]" if r["ratio"] else "not measured"
         lines.append(f"| {r['name']} | `{r['options']}` | {split} | {p['gpu_mib']:,.0f} "
                      f"({p['phase']}) | {p['host_node_mib']:,.0f} | {r['gpu']} | {r['host']} | "
-                     f"x{r['ratio']:.2f} [{notes.index(r['note']) + 1}] |")
+                     f"{ratio} |")
     lines.append("")
-    lines.append("Peak GPU MiB predicts torch.cuda.max_memory_allocated() per GPU; nvidia-smi "
-                 "shows more: the CUDA context and PyTorch's cache (on the H100: +1.3 GiB without "
-                 "DeepSpeed, +4 to 15 GiB with ZeRO). Fits: yes = within 90% of the memory, "
-                 "tight = within it (the allocator's fragmentation may still run out), no = above "
-                 "it. Host: resident memory of all ranks of a node, with the rank that saves the "
-                 "model.")
+    lines.append(f"Peak GPU MiB predicts torch.cuda.max_memory_allocated() per GPU. Fits GPU: yes "
+                 f"= within 90% of the usable memory (the GPU's less {CUDA_CONTEXT_MIB} MiB for "
+                 f"CUDA's context, and {FRAGMENTATION:.0%} for fragmentation: an out-of-memory on "
+                 f"the H200), tight = within it (may fail), no = above. Host: all ranks of a node.")
     if world > 1:
         lines.append("Speed: samples/s per GPU against the workshop's configuration on one GPU; "
                      "nothing was measured on several GPUs (docs/results.md, Several GPUs).")
@@ -516,12 +572,13 @@ def plan(args, explicit):
     good = [r for r in rows if r["gpu"] == r["host"] == "yes"]
     lines.append("")
     if good:
-        best = max(good, key=lambda r: (r["ratio"], -r["p"]["gpu_mib"]))
+        best = max(good, key=lambda r: (r["ratio"] or 0, -r["p"]["gpu_mib"]))
         p = best["p"]
         lines.append(f"Recommended: {best['name']} (`{best['options']}`): the fastest "
-                     f"(x{best['ratio']:.2f}) of the configurations that fit both the GPU "
-                     f"({p['gpu_mib']:,.0f} of {gpu_cap:,.0f} MiB) and the host "
-                     f"({p['host_node_mib']:,.0f} of {host_cap:,.0f} MiB) with 10% to spare.")
+                     f"({'x%.2f' % best['ratio'] if best['ratio'] else 'speed not measured'}) "
+                     f"of the configurations that fit both the GPU ({p['gpu_mib']:,.0f} MiB, "
+                     f"{gpu_cap:,.0f} in all) and the host ({p['host_node_mib']:,.0f} of "
+                     f"{host_cap:,.0f} MiB) with 10% to spare.")
         if world == 1 and p["host_node_mib"] > MARGIN * 32 * 1024:  # the one-GPU jobs' --mem
             lines.append(f"The one-GPU jobs ask SLURM for 32 GiB of host memory (#SBATCH "
                          f"--mem=32G): submit with sbatch --mem="
@@ -544,7 +601,8 @@ def main(argv=None):
                         "config.json, or a hub id")
     parser.add_argument("--gpus_per_node", type=int, default=1)
     parser.add_argument("--nodes", type=int, default=1)
-    parser.add_argument("--gpu_memory_gib", type=float, default=80)
+    parser.add_argument("--gpu_memory_gib", type=float, default=80, help="per GPU, as torch "
+                        "reports it (the total capacity of an out-of-memory message; H200: 139.8)")
     parser.add_argument("--host_memory_gib", type=float, default=128,
                         help="per node (default: the multi-GPU jobs' #SBATCH --mem=128G)")
     parser.add_argument("--per_device_train_batch_size", type=int, default=4)
