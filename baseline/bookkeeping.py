@@ -334,6 +334,7 @@ class Record:
         self.status, self.error = "failed", None
         self.args = self.training_args = self.ds_config = self.trainer = self.checkpoints = None
         self.parameters, self.data, self.answers_after, self.out_of_memory = None, None, None, None
+        self.length_multiple = None  # what the collator pads lengths to a multiple of
         # scancel and the time limit send SIGTERM: leave through SystemExit, so that the
         # metrics file is still written (status interrupted) on the way out.
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -369,6 +370,7 @@ class Record:
             shortened_contexts=self.data.shortened if self.data else None,
             longest_sequence_tokens=self.data.longest if self.data else None,
             fast_path=args.fast_path, compile_blocks=args.compile_blocks,
+            length_multiple=self.length_multiple, save_model=args.save_model,
             gradient_checkpointing=bool(targs.gradient_checkpointing),
             precision="bf16" if targs.bf16 else "fp16" if targs.fp16 else "fp32",
             per_device_train_batch_size=targs.per_device_train_batch_size,

@@ -46,9 +46,10 @@ def train():
     data = record.data = build_datasets(args, tokenizer)
     # Lengths rounded up to a multiple of 8 suit the GPU's matrix units; compiled blocks record
     # a CUDA graph per length, so there fewer lengths are better (config.py).
+    record.length_multiple = None if args.pad_to_max_length else (
+        COMPILED_LENGTH_MULTIPLE if args.compile_blocks else 8)
     collator = (default_data_collator if args.pad_to_max_length else DataCollatorForSeq2Seq(
-        tokenizer, label_pad_token_id=-100,
-        pad_to_multiple_of=COMPILED_LENGTH_MULTIPLE if args.compile_blocks else 8))
+        tokenizer, label_pad_token_id=-100, pad_to_multiple_of=record.length_multiple))
 
     # 4. The Trainer, with the callbacks that time the run and write checkpoints.
     record.checkpoints = Checkpoints(training_args.output_dir, args.save_minutes, record.started)
