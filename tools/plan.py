@@ -392,7 +392,8 @@ def predict_run(metrics, model=None, **settings):
         pad_to_max_length=metrics.get("pad_to_max_length", True),
         longest=metrics.get("longest_sequence_tokens"),
         pin_memory=metrics.get("pin_memory") is not False,  # the workshop's offload configs pin
-        built_on_host="schema_version" not in metrics)  # version 1 built the model on the host
+        built_on_host="schema_version" not in metrics,  # version 1 built the model on the host
+        **{k: metrics[k] for k in ("length_multiple", "save_model") if metrics.get(k) is not None})
     recorded.update({k: v for k, v in settings.items() if v is not None})
     return predict(metrics.get("architecture") or model or metrics["model"], **recorded)
 
