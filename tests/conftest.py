@@ -1,5 +1,6 @@
 """Shared fixtures: a tiny BLOOM, its tokenizer and SQuAD-format data, built once per session."""
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -9,6 +10,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ["baseline", "deepspeed-single-gpu", "deepspeed-multi-gpu", "deepspeed-multi-node"]
 DEEPSPEED_STAGES = STAGES[1:]
+# DeepSpeed's launcher: beside this Python (a venv), else on the PATH (packages installed elsewhere)
+DEEPSPEED = (str(Path(sys.executable).with_name("deepspeed"))
+             if Path(sys.executable).with_name("deepspeed").is_file() else shutil.which("deepspeed"))
 
 # Offline, quiet, deterministic: the tests never reach the hub.
 os.environ.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false",

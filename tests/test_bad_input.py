@@ -8,11 +8,10 @@ import shutil
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, tiny_args
+from conftest import DEEPSPEED, ROOT, tiny_args
 from test_stages import free_port
 
 # baseline/config.py itself, for the options checked where they are parsed (no subprocess:
@@ -24,7 +23,7 @@ _spec.loader.exec_module(config)
 
 def train(stage, tiny, tmp_path, *extra, launcher=False, **overrides):
     args = tiny_args(tiny, output_dir=tmp_path / "out", **overrides) + list(extra)
-    cmd = ([str(Path(sys.executable).with_name("deepspeed")), "--num_gpus", "1",
+    cmd = ([DEEPSPEED, "--num_gpus", "1",
             "--master_port", str(free_port())] if launcher else [sys.executable])
     start = time.monotonic()
     proc = subprocess.run(cmd + ["train.py"] + args, cwd=ROOT / stage, capture_output=True,

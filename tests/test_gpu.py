@@ -6,12 +6,11 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import ROOT, tiny_args
+from conftest import DEEPSPEED, ROOT, tiny_args
 from test_stages import free_port
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -22,7 +21,7 @@ def gpu_run(stage, tiny, out, *extra, deepspeed=None, **overrides):
     args = tiny_args(tiny, output_dir=out, use_cpu=False, **overrides) + list(extra)
     cmd = [sys.executable, "train.py", *args]
     if deepspeed:
-        cmd = [str(Path(sys.executable).with_name("deepspeed")), "--num_gpus", "1", "--master_port",
+        cmd = [DEEPSPEED, "--num_gpus", "1", "--master_port",
                str(free_port()), "train.py", "--deepspeed", deepspeed, *args]
     env = {k: v for k, v in os.environ.items() if k != "DS_ACCELERATOR"}  # the GPU's, not the CPU's
     proc = subprocess.run(cmd, cwd=ROOT / stage, capture_output=True, text=True, timeout=900, env=env)

@@ -6,11 +6,10 @@ import re
 import socket
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-from conftest import DEEPSPEED_STAGES, ROOT, STAGES, tiny_args
+from conftest import DEEPSPEED, DEEPSPEED_STAGES, ROOT, STAGES, tiny_args
 
 sys.path.insert(0, str(ROOT / "baseline"))
 from answer_quality import squad_scores  # noqa: E402
@@ -86,7 +85,7 @@ def run_stage(stage, tiny, output_dir, launcher_ranks=None, extra=(), **override
     if launcher_ranks is None:
         cmd = [sys.executable, "train.py", *args]
     else:
-        cmd = [str(Path(sys.executable).with_name("deepspeed")), "--num_gpus", str(launcher_ranks),
+        cmd = [DEEPSPEED, "--num_gpus", str(launcher_ranks),
                "--master_port", str(free_port()), "train.py", *args]
     return subprocess.run(cmd, cwd=ROOT / stage, capture_output=True, text=True, timeout=600)
 

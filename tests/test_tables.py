@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, tiny_args
+from conftest import DEEPSPEED, ROOT, tiny_args
 
 TOOL = ROOT / "tools" / "tables.py"
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -57,7 +57,7 @@ def start_run(root, stage, name, tiny, deepspeed_config=None, **options):
     (root / stage / "log").mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "train.py"]
     if deepspeed_config:
-        cmd = [str(Path(sys.executable).with_name("deepspeed")), "--num_gpus", "1", "--master_port", "0",
+        cmd = [DEEPSPEED, "--num_gpus", "1", "--master_port", "0",
                "train.py", "--deepspeed", deepspeed_config]
     with (root / stage / "log" / f"{name}.out").open("w") as out:  # the child keeps its own handle
         out.write(f"run {name} on testhost, output in runs/{name}\n")
