@@ -66,7 +66,7 @@ def committed_runs():
         if ended != "complete" and not oom:
             skipped.append((name, f"{ended}, not for lack of memory: {m.get('error')}"))
             continue
-        batches = side.get("batch_longest_tokens")
+        batches = by_prefix(side.get("batch_longest_tokens"), key)
         runs.append(dict(
             name=name, metrics=m, ended=oom and f"out of {oom} memory" or ended, out_of_memory=oom,
             model=m.get("architecture") or side.get("models", {}).get(m["model"]),
@@ -76,8 +76,8 @@ def committed_runs():
             settings=dict(
                 longest=m.get("longest_sequence_tokens", side.get("longest_sequence_tokens")),
                 pin_memory=m.get("pin_memory", side.get("pin_memory", {}).get(m.get("deepspeed_config"), True)),
-                save_model=by_prefix(side.get("save_model"), key, True),
-                length_multiple=by_prefix(side.get("length_multiple"), key),
+                save_model=by_prefix(side.get("save_model"), key, m.get("save_model", True)),
+                length_multiple=by_prefix(side.get("length_multiple"), key, m.get("length_multiple")),
                 # the longest batch after the first step (group_by_length puts the longest first)
                 later_longest=max(batches[1:m["global_step"]]) if batches and m.get("fast_path")
                 and m["global_step"] > 1 else None)))
@@ -101,7 +101,7 @@ def test_committed_runs_are_found_and_known():
 
 
 def test_every_run_within_10_percent_and_fits_as_it_ran():
-    """GPU within 10%; host within 10% or 512 MiB; "no" for every run that ran out of that
+    """GPU within 10%; host within 15% with offload, 1 GiB without; "no" for every run that ran out of that
     memory, never "no" for one that completed."""
     rows, worst = [], 0
     for run in RUNS:
@@ -121,7 +121,10 @@ def test_every_run_within_10_percent_and_fits_as_it_ran():
                     f"{error:+.1%} | {p['phase']} | {p['host_mib']:,.0f} | {host:,.0f} | "
                     f"{p['host_mib'] / host - 1:+.1%} | {fits_gpu} / {fits_host} | {run['ended']} |")
         assert abs(error) <= 0.10, f"{run['name']}: predicted {p['gpu_mib']:.0f} MiB, measured {gpu:.0f}"
-        assert abs(p["host_mib"] - host) <= max(0.10 * host, 512), \
+        offload = m.get("offload_optimizer") not in (None, "none")
+        # the issue's target: host within 15% for the offload runs, where host memory decides;
+        # the others hold little (a rank's Python, torch and CUDA): within 1 GiB
+        assert abs(p["host_mib"] - host) <= (0.15 * host if offload else 1024), \
             f"{run['name']}: host {p['host_mib']:.0f} vs {host:.0f} MiB"
         if run["out_of_memory"] == "host":
             assert fits_host == "no", f"{run['name']} ran out of host memory; the plan says {fits_host}"
@@ -143,13 +146,14 @@ def test_batch_lengths_add_up_to_each_runs_total_flos():
     checked = 0
     for run in RUNS:
         m, (_, side) = run["metrics"], sidecar(run["trainer_state"])
-        if "batch_longest_tokens" not in side or m["zero_stage"] == 3 or not run["trainer_state"].is_file():
+        batches = by_prefix(side.get("batch_longest_tokens"), str(run["trainer_state"].parent.relative_to(RESULTS)).split("/", 1)[-1])
+        if not batches or m["zero_stage"] == 3 or not run["trainer_state"].is_file():
             continue  # ZeRO-3's partitioned parameters count as none
         a, batch = plan.architecture(run["model"]), m["per_device_train_batch_size"] * m["gradient_accumulation_steps"]
         multiple = run["settings"]["length_multiple"] or (64 if m["compile_blocks"] else 8)
         tokens = sum(min(batch, m["train_samples"] - i * batch) * (
             m["max_length"] if m["pad_to_max_length"] else -(-longest // multiple) * multiple)
-            for i, longest in enumerate(side["batch_longest_tokens"][:m["global_step"]]))
+            for i, longest in enumerate(batches[:m["global_step"]]))
         flos = json.loads(run["trainer_state"].read_text())["total_flos"]
         assert flos / 6 / (a.params - a.vocab * a.hidden) == pytest.approx(tokens), run["name"]
         checked += 1

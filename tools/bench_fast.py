@@ -65,9 +65,12 @@ def fixed_cost(m):
 
 
 def deviation(m, reference):
-    """Largest relative deviation of the eval loss from the reference's, over the epochs."""
-    pairs = list(zip(m["epochs"], reference["epochs"]))
-    return max((abs(e["eval_loss"] / r["eval_loss"] - 1) for e, r in pairs), default=None)
+    """Largest relative deviation of the eval loss from the reference's, over the evaluations
+    made after the same number of samples (a run cut short by --max_steps ends mid-epoch)."""
+    seen = lambda run, e: e["step"] * run["per_device_train_batch_size"] * run["gradient_accumulation_steps"]
+    theirs = {seen(reference, r): r["eval_loss"] for r in reference["epochs"]}
+    return max((abs(e["eval_loss"] / theirs[seen(m, e)] - 1) for e in m["epochs"] if seen(m, e) in theirs),
+               default=None)
 
 
 def main():
