@@ -90,11 +90,11 @@ FAST_PATH = dict(
     optim="adamw_torch_fused",  # one kernel for the whole optimizer step
     bf16=True, fp16=False,  # fp16's speed without loss scaling, where the GPU has bf16
 )  # and, in train.py, SDPA attention and a loss without full-vocabulary logits (fast_path.py)
-# Compiled blocks pay for their compiling from about this many optimizer steps on: on an H200
-# compiling took 13.5 s with a warm cache (27.5 s cold) and saved 0.12 s a step (320 against
-# 92 samples/s, 16 a step; docs/results.md). Shorter runs, the workshop's 96 steps among them,
-# take the eager fast path.
-COMPILE_PAYS_FROM_STEPS = 110
+# Compiled blocks pay for their compiling from about this many optimizer steps on: on an H200,
+# over the workshop's 3 epochs, compiling took 16.7 s with a warm cache (42 s cold) and saved
+# 0.12 s a step (295 against 102 samples/s, 16 a step; docs/results.md). Shorter runs, the
+# workshop's 96 steps among them, take the eager fast path.
+COMPILE_PAYS_FROM_STEPS = 140
 # Compiled blocks record a CUDA graph per input shape: lengths are padded to a multiple of this
 # (at most 8 lengths up to 512); otherwise to a multiple of 8, which suits the matrix units.
 COMPILED_LENGTH_MULTIPLE = 64
