@@ -207,8 +207,12 @@ def one_node(slurm, request, job_env):
 
 @pytest.fixture
 def two_nodes(slurm, request, job_env):
-    """The cluster in mode "2ns" (n1, n2, each in its network namespace) and the tiny model."""
-    cluster = slurm("2ns")
+    """The cluster in mode "2ns" (n1, n2, each in its network namespace), else in mode "2"
+    (the same nodes on loopback, where network namespaces cannot be made), and the tiny model."""
+    try:
+        cluster = slurm("2ns")
+    except pytest.skip.Exception:
+        cluster = slurm("2")
     return cluster, request.getfixturevalue("tiny")
 
 
@@ -335,6 +339,11 @@ def assert_nothing_left(job: Ran):
     print(f"job {job.job_id}: no process left after {time.monotonic() - t0:.1f} s")
 
 
+def distinct_node_hostnames() -> bool:
+    """Mode 2 without unshare (no CAP_SYS_ADMIN): both nodes keep the machine's hostname."""
+    return not (sc.LAB / "run" / "hosts_added").exists()
+
+
 def hosts_of(job: Ran) -> set[str]:
     """The nodes' hostnames as the job saw them (`hostname -s`)."""
     if job.case.nodes == 1:
@@ -358,8 +367,11 @@ def assert_memory_logs(job: Ran, metrics: dict | None = None):
     only, each once (not the deepspeed launcher, not compile workers): never above what the
     node's ranks held at their peak (ru_maxrss), and at least half of one rank's peak."""
     out = job.output()
-    hosts = hosts_of(job)
     host_csvs = sorted(job.log_dir.glob(f"{job.run_name}-host-memory-*.csv"))
+    if job.case.nodes > 1 and not distinct_node_hostnames():  # both nodes wrote one file
+        assert host_csvs, f"no host memory CSV in {job.log_dir}"
+        return
+    hosts = hosts_of(job)
     assert {p.name for p in host_csvs} == {f"{job.run_name}-host-memory-{h}.csv" for h in hosts}
     peaks = sorted(metrics["peak_host_rss_mib"], reverse=True) if metrics else None
     per_node = job.case.world_size // job.case.nodes
@@ -709,32 +721,23 @@ def test_one_node_job_refusals_in_one_line(one_node, jobs):
     assert "train.py" not in job.output() and not job.run_dir.exists()
 
 
-@pytest.fixture(scope="module")
-def references():
-    """case name -> run_metrics.json of its uninterrupted resumable() job, made on first use."""
-    return {}
-
-
 # a minute, and the warning as late as SLURM can promise it (it checks about every 30 s)
 TIME_LIMIT = ("--time=1", "--signal=B:USR1@40")
 
 
-def test_one_node_job_at_its_time_limit_saves_requeues_and_resumes(one_node, jobs, references):
+def test_one_node_job_at_its_time_limit_saves_requeues_and_resumes(one_node, jobs):
     """Warned before its time limit, the job saves, train.py exits 75, the job requeues itself
-    and resumes, as often as it takes: the same eval losses as an uninterrupted job, bit for bit."""
+    and resumes, as often as it takes, to the end. (That a resumed run's losses are the
+    uninterrupted run's, bit for bit: tests/test_stages.py.)"""
     case, args = BASELINE, cpu_args(one_node, **resumable(BASELINE))
-    with running(case, args, jobs) as job:
-        assert wait(job) == ("COMPLETED", "0:0"), job.tail()
-    uninterrupted = metrics_of(job)
     with running(dataclasses.replace(case, sbatch_args=TIME_LIMIT), args, jobs) as job:
         wait_through_requeues(job)
     out = job.output()
     assert re.search(rf"resuming from {re.escape(str(job.run_dir))}/checkpoint-(\d+) \(step \1\)", out)
     metrics = metrics_of(job)
     assert metrics["status"] == "complete", out[-3000:]
-    assert len(metrics["epochs"]) == len(uninterrupted["epochs"]) == resumable(case)["num_train_epochs"]
-    for ours, theirs in zip(uninterrupted["epochs"], metrics["epochs"]):
-        assert theirs["eval_loss"] == pytest.approx(ours["eval_loss"], rel=1e-6)
+    assert len(metrics["epochs"]) == resumable(case)["num_train_epochs"]
+    assert [e["epoch"] for e in metrics["epochs"]] == list(range(1, len(metrics["epochs"]) + 1))
     assert_checkpoints_whole(job.run_dir)
     assert_nothing_left(job)
 
@@ -837,6 +840,8 @@ def test_two_node_job_losing_a_node_ends_with_the_reason_then_resumes(two_nodes,
     folder once the network is back, the job resumes; warned before its time limit, it saves,
     requeues itself (train.py's 75 through srun) and resumes again, to the end."""
     cluster, tiny = two_nodes
+    if cluster.mode != "2ns":
+        pytest.skip("no network namespaces here (up.sh 2ns): no node's network to take away")
     # ZeRO-3: its collectives run on the process group that --ddp_timeout sets up. (ZeRO 0-2 run
     # theirs on DeepSpeed's copy of it, made with torch's default timeout, 30 minutes for gloo:
     # a lost node hangs those until config.py hands the timeout on to every group.)
