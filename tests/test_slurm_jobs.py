@@ -679,7 +679,7 @@ def test_job_without_gpu_refuses_in_one_line_with_its_own_environment(one_node, 
     monkeypatch.setenv("CONDA_DEFAULT_ENV", "base")
     monkeypatch.setenv("PATH", f"{conda / 'bin'}{os.pathsep}{os.environ['PATH']}")
     job_id = sc.submit("baseline.slurm", cwd=copy, sbatch_args=CPU_MACHINE,
-                       script_args=tiny_args(one_node))
+                       script_args=tiny_args(one_node, use_cpu=False))
     state = sc.wait(job_id, timeout=JOB_TIMEOUT)
     out = (copy / "log" / f"baseline-{job_id}.out").read_text()
     assert state == ("FAILED", "1:0"), out[-3000:]
