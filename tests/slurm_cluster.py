@@ -6,7 +6,7 @@ Not a test module. Typical use in a test file::
 
     @pytest.fixture
     def slurm1(request):
-        return sc.cluster("1", request)     # or "2": two nodes n1, n2
+        return sc.cluster("1", request)     # or "2": two nodes n1, n2 ("2ns": in network namespaces)
 
     @pytest.mark.slurm
     def test_job(slurm1, tmp_path):
@@ -51,6 +51,12 @@ class Cluster:
     def nodes(self) -> list[str]:
         return ["localhost"] if self.mode == "1" else ["n1", "n2"]
 
+    def set_link(self, node: str, up: bool) -> None:
+        """Mode "2ns": connect or cut `node` ("n1", "n2") from the other one (its veth)."""
+        assert self.mode == "2ns", "only mode 2ns has a network to cut"
+        subprocess.run(["ip", "-n", f"slab-{node}", "link", "set", f"slab-v{node[1:]}",
+                        "up" if up else "down"], check=True, capture_output=True, timeout=30)
+
 
 _started_by_us = False          # did this process start (or restart) the cluster?
 _finalized_sessions: set[int] = set()
@@ -59,10 +65,15 @@ _finalized_sessions: set[int] = set()
 def slurm_env(extra: dict | None = None) -> dict:
     """os.environ for slurm client commands: our SLURM_CONF, and no SBATCH_*/SLURM_* variables
     inherited from the caller (they would silently override a job script's #SBATCH lines, or
-    make sbatch think it runs inside another job); `extra` is applied last."""
+    make sbatch think it runs inside another job); in mode "2ns" up.sh's wrappers first on
+    PATH (they run the commands in n1's network namespace); `extra` is applied last."""
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("SBATCH_", "SLURM_", "SALLOC_", "SRUN_"))}
     env["SLURM_CONF"] = str(SLURM_CONF)
+    wrappers = LAB / "bin"
+    if wrappers.is_dir() and any(wrappers.iterdir()) and \
+            str(wrappers) not in env.get("PATH", "").split(os.pathsep):
+        env["PATH"] = f"{wrappers}{os.pathsep}{env.get('PATH', '')}"
     env.update({k: str(v) for k, v in (extra or {}).items()})
     return env
 
@@ -88,16 +99,17 @@ def _down_if_ours() -> None:
 
 
 def cluster(mode: str, request: pytest.FixtureRequest | None = None) -> Cluster:
-    """Make sure a local cluster runs in `mode` ("1" or "2") and return it.
+    """Make sure a local cluster runs in `mode` ("1", "2" or "2ns") and return it.
 
-    Skips the calling test when not root, or when slurm/munge are missing and cannot be
-    installed (no apt-get, no network). Pass the fixture's `request` so the cluster is taken
-    down at the end of the pytest session (otherwise: at interpreter exit).
+    Skips the calling test when not root, when slurm/munge are missing and cannot be
+    installed (no apt-get, no network), or ("2ns") when network namespaces cannot be made.
+    Pass the fixture's `request` so the cluster is taken down at the end of the pytest session
+    (otherwise: at interpreter exit).
     """
     global _started_by_us
     mode = str(mode)
-    if mode not in ("1", "2"):
-        raise ValueError(f"mode must be '1' or '2', not {mode!r}")
+    if mode not in ("1", "2", "2ns"):
+        raise ValueError(f"mode must be '1', '2' or '2ns', not {mode!r}")
     if os.name != "posix" or not hasattr(os, "geteuid") or os.geteuid() != 0:
         pytest.skip("local SLURM cluster needs root (slurmctld/slurmd/munged run as root); "
                     "run pytest as root or deselect with -m 'not slurm'")

@@ -2,7 +2,8 @@
 # Tear down what up.sh started -- only by recorded pid files (checked against the expected
 # process name), never by name patterns: other slurm/munge on the machine are left alone.
 # Idempotent: safe to run when nothing is up.
-#   down.sh            cancel jobs, stop slurmd(s), slurmctld, munged; undo /etc changes
+#   down.sh            cancel jobs, stop slurmd(s), slurmctld, munged; undo /etc changes,
+#                      delete the network namespaces of mode 2ns
 #   SLAB_KEEP_MUNGE=1  leave munged running
 # Logs and state stay in $SLAB_DIR for post-mortems (up.sh starts from a clean state anyway).
 set -euo pipefail
@@ -36,13 +37,15 @@ descendants() { # all descendant PIDs of $1 (walks PPid links)
 }
 
 export SLURM_CONF=$LAB/etc/slurm.conf
+# mode 2ns: slurmctld listens in n1's network namespace only
+net=(); [ -f "$RUN/netns" ] && [ -e /run/netns/slab-n1 ] && net=(nsenter --net=/run/netns/slab-n1)
 
 # 1. cancel jobs so their slurmstepd/job processes end cleanly
 if [ -f "$RUN/mode" ] && is_proc "$(cat "$RUN/slurmctld.pid" 2>/dev/null)" slurmctld; then
-  if [ -n "$(timeout 5 squeue -h -o %i 2>/dev/null || true)" ]; then
-    timeout 5 scancel --user=root 2>/dev/null || true
+  if [ -n "$(timeout 5 "${net[@]}" squeue -h -o %i 2>/dev/null || true)" ]; then
+    timeout 5 "${net[@]}" scancel --user=root 2>/dev/null || true
     for _ in $(seq 1 100); do
-      [ -z "$(timeout 5 squeue -h -o %i 2>/dev/null || true)" ] && break; sleep 0.2
+      [ -z "$(timeout 5 "${net[@]}" squeue -h -o %i 2>/dev/null || true)" ] && break; sleep 0.2
     done
   fi
 fi
@@ -72,7 +75,11 @@ wait
 # 4. munged
 [ "${SLAB_KEEP_MUNGE:-0}" = 1 ] || stop_file "$LAB/munge/munged.pid" munged
 
-# 5. /etc changes up.sh recorded
+# 5. network namespaces (2ns), /etc changes up.sh recorded
+if [ -f "$RUN/netns" ]; then
+  for ns in $(cat "$RUN/netns"); do ip netns del "$ns" 2>/dev/null && log "deleted netns $ns" || true; done
+  rm -f "$RUN/netns"
+fi
 if [ -f "$RUN/etc_link" ]; then
   l=$(cat "$RUN/etc_link")
   [ "$(readlink "$l" || true)" = "$SLURM_CONF" ] && rm -f "$l"
@@ -84,6 +91,6 @@ if [ -f "$RUN/hosts_added" ]; then
   cat "$RUN/hosts.tmp" > /etc/hosts
   rm -f "$RUN/hosts.tmp" "$RUN/hosts_added"
 fi
-rm -f "$RUN/mode" "$RUN/spec"
+rm -f "$RUN/mode" "$RUN/spec" "$LAB"/bin/*
 rm -rf "$LAB/spool"
 log "down in $(awk -v a="$T0" -v b="$EPOCHREALTIME" 'BEGIN{printf "%.2f", b-a}') s"
