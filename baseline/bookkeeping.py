@@ -338,7 +338,7 @@ class Record:
         # scancel and the time limit send SIGTERM: leave through SystemExit, so that the
         # metrics file is still written (status interrupted) on the way out.
         for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda signum, frame: sys.exit(128 + signum))
+            signal.signal(sig, leave_on_signal)
 
     def metrics(self):
         """The metrics dict (docs/metrics.md). Per-rank values are gathered from every rank only
@@ -444,6 +444,15 @@ class Record:
         if not interrupted:
             print(f"error: {self.error}", file=sys.stderr, flush=True)
         return error.code if interrupted else 1
+
+
+def leave_on_signal(signum, frame):
+    """The first SIGTERM/SIGINT ends the run through SystemExit; later ones are ignored: SLURM
+    signals every process of the job and the deepspeed launcher passes it on to its ranks, and
+    a second signal would cut the writing of the metrics file short."""
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, signal.SIG_IGN)
+    sys.exit(128 + signum)
 
 
 def leave(code):

@@ -12,9 +12,11 @@ import json
 import os
 import sys
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 
 import torch
+import torch.distributed.distributed_c10d as c10d
 from transformers import HfArgumentParser, TrainingArguments
 
 
@@ -78,6 +80,7 @@ TRAINING_DEFAULTS = dict(
     report_to="none",
     seed=42,
     ddp_timeout=90,  # seconds a collective may wait: a lost node ends the job in ~2 minutes
+    # (the multi-node job passes its COLLECTIVE_TIMEOUT)
     deepspeed=str(Path(__file__).with_name("ds_config.json")),  # ZeRO off; ds_zero*.json turn it on
 )
 # "Making it fast" (README): the same 16 sequences per optimizer step, the same loss, less work.
@@ -277,13 +280,15 @@ def parse_args(argv=None):
     if asked.use_cpu and (asked.fp16 or asked.bf16):
         raise ValueError("--use_cpu True trains in fp32: drop --fp16 True / --bf16 True")
     check_values(asked)
+    # --ddp_timeout for every collective: HF gives it to the default process group only, and
+    # DeepSpeed's ZeRO-0/1/2 make their groups without one (torch's default then: 30 minutes
+    # for gloo, 10 for NCCL), so a lost node would hang the job that long.
+    c10d.default_pg_timeout = c10d.default_pg_nccl_timeout = timedelta(seconds=asked.ddp_timeout)
     if asked.use_cpu and asked.deepspeed and "LOCAL_RANK" in os.environ:
         # HF builds TrainingArguments with DeepSpeed's process group, on NCCL; on the CPU it
         # must be gloo, which DeepSpeed only takes when it is started first.
-        import datetime
         import deepspeed
-        deepspeed.init_distributed(dist_backend="gloo",
-                                   timeout=datetime.timedelta(seconds=asked.ddp_timeout))
+        deepspeed.init_distributed(dist_backend="gloo", timeout=timedelta(seconds=asked.ddp_timeout))
     # HF builds the dataclasses; with a DeepSpeed config TrainingArguments also starts the
     # process group (through accelerate), so every rank must get here.
     workshop_args, training_args = parser.parse_args_into_dataclasses(argv)
