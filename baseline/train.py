@@ -3,9 +3,8 @@
     python train.py                                  # the workshop's settings (config.py)
     deepspeed --num_gpus 1 train.py --deepspeed ds_zero2.json
 
-Top to bottom: arguments, model, data, Trainer, train, save, answers. Started again in the
-same --output_dir, a run resumes from its newest complete checkpoint. What the workshop's
-tables need (where the time went, memory, run_metrics.json) is kept by bookkeeping.py.
+Top to bottom: arguments, model, data, Trainer, train, save, answers. Run again into the same
+--output_dir, it resumes. bookkeeping.py keeps the rest: time, memory, run_metrics.json.
 """
 import traceback
 
@@ -37,7 +36,6 @@ def train():
     # 2. Model and tokenizer, built on the device they train on.
     set_seed(training_args.seed)  # the same random weights (random_weights) and order every run
     model, tokenizer = load_model(args.model_name_or_path, args.random_weights, training_args.device)
-    record.parameters = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())
     if args.fast_path:
         from fast_path import enable_fast_path  # only when used: it brings the compiler
         enable_fast_path(model, compiled=args.compile_blocks)
@@ -46,8 +44,7 @@ def train():
     data = record.data = build_datasets(args, tokenizer)
     # Lengths rounded up to a multiple of 8 suit the GPU's matrix units; compiled blocks record
     # a CUDA graph per length, so there fewer lengths are better (config.py).
-    record.length_multiple = None if args.pad_to_max_length else (
-        COMPILED_LENGTH_MULTIPLE if args.compile_blocks else 8)
+    record.length_multiple = COMPILED_LENGTH_MULTIPLE if args.compile_blocks else 8
     collator = (default_data_collator if args.pad_to_max_length else DataCollatorForSeq2Seq(
         tokenizer, label_pad_token_id=-100, pad_to_multiple_of=record.length_multiple))
 

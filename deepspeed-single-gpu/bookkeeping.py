@@ -333,7 +333,7 @@ class Record:
         self.started, self.clock = started, Clock(started)
         self.status, self.error = "failed", None
         self.args = self.training_args = self.ds_config = self.trainer = self.checkpoints = None
-        self.parameters, self.data, self.answers_after, self.out_of_memory = None, None, None, None
+        self.data, self.answers_after, self.out_of_memory = None, None, None
         self.length_multiple = None  # what the collator pads lengths to a multiple of
         # scancel and the time limit send SIGTERM: leave through SystemExit, so that the
         # metrics file is still written (status interrupted) on the way out.
@@ -361,7 +361,7 @@ class Record:
             stopped_on_request_at_step=self.checkpoints.stopped_at,
             stage=Path(__file__).resolve().parent.name,
             model=args.model_name_or_path, random_weights=args.random_weights,
-            parameters=self.parameters,
+            parameters=sum(getattr(p, "ds_numel", p.numel()) for p in self.trainer.model.parameters()),
             architecture={k: getattr(config, k, None) for k in
                           ("model_type", "vocab_size", "hidden_size", "n_layer", "n_head")},
             dataset=args.dataset_name_or_path,
@@ -370,7 +370,8 @@ class Record:
             shortened_contexts=self.data.shortened if self.data else None,
             longest_sequence_tokens=self.data.longest if self.data else None,
             fast_path=args.fast_path, compile_blocks=args.compile_blocks,
-            length_multiple=self.length_multiple, save_model=args.save_model,
+            length_multiple=None if args.pad_to_max_length else self.length_multiple,
+            save_model=args.save_model,
             gradient_checkpointing=bool(targs.gradient_checkpointing),
             precision="bf16" if targs.bf16 else "fp16" if targs.fp16 else "fp32",
             per_device_train_batch_size=targs.per_device_train_batch_size,

@@ -54,7 +54,7 @@ def test_prepare_then_train_with_the_hub_off(tiny, tmp_path, job):
     proc = job(prepared, *SMALL)
     assert proc.returncode == 0, proc.stdout[-3000:]
     metrics = json.loads((tmp_path / "out" / "run_metrics.json").read_text())
-    assert metrics["complete"] and len(metrics["epochs"]) == 1
+    assert metrics["status"] == "complete" and len(metrics["epochs"]) == 1
     assert metrics["model"] == f"{prepared}/model" and metrics["dataset"] == f"{prepared}/data"
 
 

@@ -834,11 +834,11 @@ def test_two_node_job_losing_a_node_ends_with_the_reason_then_resumes(two_nodes,
     cluster, tiny = two_nodes
     if cluster.mode != "2ns":
         pytest.skip("no network namespaces here (up.sh 2ns): no node's network to take away")
-    # ZeRO-3: its collectives run on the process group that --ddp_timeout sets up. (ZeRO 0-2 run
-    # theirs on DeepSpeed's copy of it, made with torch's default timeout, 30 minutes for gloo:
-    # a lost node hangs those until config.py hands the timeout on to every group.)
-    case = dataclasses.replace(MULTI_NODE_2x1_ZERO3, env={
-        **MULTI_NODE_2x1_ZERO3.env, "COLLECTIVE_TIMEOUT": str(TEST_COLLECTIVE_TIMEOUT)})
+    # The job's default DeepSpeed config, ZeRO off: DeepSpeed runs its collectives on a copy of
+    # the process group made without a timeout, which config.py hands --ddp_timeout on to
+    # (torch's default would be 30 minutes for gloo).
+    case = dataclasses.replace(MULTI_NODE_2x1_ZERO3, name="multi-node-2x1-zero0", zero_stage=0, env={
+        "DS_CONFIG": "ds_config.json", "COLLECTIVE_TIMEOUT": str(TEST_COLLECTIVE_TIMEOUT)})
     args = cpu_args(tiny, **resumable(case))
     with running(case, args, jobs) as job:
         deadline = time.monotonic() + JOB_TIMEOUT
