@@ -37,24 +37,27 @@ FAST = ["--fast_path", "True"]
 
 
 def run_job(name, stage, options, env, args):
-    """One job through bash; returns its run_metrics.json (or None) and keeps its log."""
+    """One job through bash; returns its run_metrics.json (or None). Laid out as a stage is,
+    for tools/tables.py: OUT/<name>/runs/<name>/ and OUT/<name>/log/<name>.out and CSVs."""
     folder = args.out / name
     shutil.rmtree(folder, ignore_errors=True)
-    env = {**os.environ, "OUTPUT_DIR": str(folder), **env}
+    run_dir = folder / "runs" / name
+    env = {**os.environ, "OUTPUT_DIR": str(run_dir), **env}
     command = ["bash", JOBS[stage], "--model_name_or_path", str(args.arch), "--random_weights", "True",
                "--dataset_name_or_path", str(args.data), *options, *args.job_options]
-    log = args.out / f"{name}.log"
+    (folder / "log").mkdir(parents=True)
+    log = folder / "log" / f"{name}.out"
     with open(log, "w") as out:
         proc = subprocess.run(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-    for weights in folder.glob("*.safetensors"):  # random weights, GBs: not worth keeping
+    for weights in run_dir.glob("*.safetensors"):  # random weights, GBs: not worth keeping
         weights.unlink()
-    if run := re.search(r"^run (\S+) on ", log.read_text(errors="replace"), re.M):  # the job's own logs
-        (folder / "log").mkdir(parents=True, exist_ok=True)
-        for path in (ROOT / stage / "log").glob(f"{run[1]}*"):
-            shutil.move(path, folder / "log" / path.name)
-    metrics = folder / "run_metrics.json"
+    if run := re.search(r"^run (\S+) on ", log.read_text(errors="replace"), re.M):  # its memory logs
+        for path in (ROOT / stage / "log").glob(f"{run[1]}-*.csv"):
+            shutil.move(path, folder / "log" / path.name.replace(run[1], name, 1))
+        (ROOT / stage / "log" / f"{run[1]}.out").unlink(missing_ok=True)  # the copy the job kept
+    metrics = run_dir / "run_metrics.json"
     if proc.returncode != 0 or not metrics.is_file():
-        print(f"{name}: failed (exit status {proc.returncode}), see {args.out / (name + '.log')}", flush=True)
+        print(f"{name}: failed (exit status {proc.returncode}), see {log}", flush=True)
         return None
     return json.loads(metrics.read_text())
 

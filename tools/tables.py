@@ -165,8 +165,9 @@ class Run:
 
     @property
     def stage(self):
+        """The stage the metrics name, else the folder above runs/ or log/."""
         folder = self.log_dir or (self.run_dir.parent if self.run_dir else None)
-        return folder.parent.name if folder and folder.name in ("log", "runs") else self.m.get("stage")
+        return self.m.get("stage") or (folder.parent.name if folder and folder.name in ("log", "runs") else None)
 
     @property
     def on_cpu(self):
