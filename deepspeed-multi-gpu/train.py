@@ -29,9 +29,9 @@ def train():
     ds_config = deepspeed_config(training_args.deepspeed)
     record.args, record.training_args, record.ds_config = args, training_args, ds_config
     # A finished run, or a checkpoint that cannot be resumed, is refused before any work.
+    settings = run_settings(args, training_args, ds_config)
     resume_from = resume_point(training_args.output_dir,
-                               AutoConfig.from_pretrained(args.model_name_or_path),
-                               run_settings(args, training_args, ds_config))
+                               AutoConfig.from_pretrained(args.model_name_or_path), settings)
 
     # 2. Model and tokenizer, built on the device they train on.
     set_seed(training_args.seed)  # the same random weights (random_weights) and order every run
@@ -58,7 +58,7 @@ def train():
                       eval_dataset=data.validation, processing_class=tokenizer,
                       data_collator=collator, callbacks=callbacks)
     record.trainer = trainer
-    write_settings(trainer, run_settings(args, training_args, ds_config))
+    write_settings(trainer, settings)
 
     # 5. Train.
     if resume_from:

@@ -24,6 +24,8 @@ import torch
 import torch.distributed as dist
 from transformers import AutoConfig, TrainerCallback
 
+from config import zero_stage
+
 SCHEMA_VERSION = 2
 METRICS_FILE = "run_metrics.json"
 SETTINGS_FILE = "run_settings.json"  # what a resumed run must share with the run it continues
@@ -31,6 +33,8 @@ SAVE_AND_STOP_FILE = "save-and-stop"  # the .slurm jobs create it on SLURM's tim
 STOPPED_TO_RESUME = 75  # EX_TEMPFAIL: "try again", which is what the job then does
 TIME_PARTS = ("startup", "compiling", "training_steps", "evaluation", "checkpoint_saving",
               "answer_generation", "final_save", "other")
+# What tells one model's architecture from another's (a checkpoint's must match).
+ARCHITECTURE_KEYS = ("model_type", "vocab_size", "hidden_size", "n_layer", "n_head")
 # Settings a resumed run must share with the run it continues (the rest may change).
 RESUME_SETTINGS = ("model_name_or_path", "random_weights", "dataset_name_or_path", "train_samples",
                    "max_length", "pad_to_max_length", "fast_path", "per_device_train_batch_size",
@@ -142,7 +146,7 @@ class Clock(TrainerCallback):
             self.compiling_steps += 1
             return
         self.seconds["training_steps"] += seconds
-        if state.global_step > 1 + (self.resumed_at or 0):  # the first step pays for start-up
+        if state.global_step > 1 + self.resumed_at:  # the first step pays for start-up
             self.steady_seconds += seconds
             self.steady_steps += 1
 
@@ -215,7 +219,7 @@ def run_settings(args, training_args, ds_config):
     values = {**vars(args), **training_args.to_dict(),
               "precision": "bf16" if training_args.bf16 else "fp16" if training_args.fp16 else "fp32",
               "world_size": training_args.world_size,
-              "zero_stage": zero.get("stage", 0) if ds_config else None,
+              "zero_stage": zero_stage(ds_config),
               "offload_optimizer": zero.get("offload_optimizer", {}).get("device"),
               "offload_param": zero.get("offload_param", {}).get("device")}
     return {k: values.get(k) for k in RESUME_SETTINGS}
@@ -291,10 +295,9 @@ def resume_point(output_dir, model_config, settings):
             print(f"skipping incomplete checkpoint {folder}")
             continue
         theirs, ours = AutoConfig.from_pretrained(folder).to_dict(), model_config.to_dict()
-        keys = ("model_type", "vocab_size", "hidden_size", "n_layer", "n_head")
-        if any(theirs.get(k) != ours.get(k) for k in keys):
+        if any(theirs.get(k) != ours.get(k) for k in ARCHITECTURE_KEYS):
             raise ValueError(f"{folder} holds a checkpoint of another model "
-                             f"({', '.join(f'{k}={theirs.get(k)}' for k in keys)}); "
+                             f"({', '.join(f'{k}={theirs.get(k)}' for k in ARCHITECTURE_KEYS)}); "
                              f"choose another --output_dir")
         check_checkpoint(folder, deepspeed=settings["zero_stage"] is not None)
         with contextlib.suppress(OSError, json.JSONDecodeError):
@@ -352,7 +355,7 @@ class Record:
         samples_per_step = (targs.per_device_train_batch_size * targs.gradient_accumulation_steps
                             * targs.world_size)
         parts, wall = self.clock.parts()
-        zero = self.ds_config.get("zero_optimization", {})
+        settings = run_settings(args, targs, self.ds_config)
         config = self.trainer.model.config
         cuda = torch.cuda.is_available() and not targs.use_cpu
         return dict(
@@ -362,8 +365,7 @@ class Record:
             stage=Path(__file__).resolve().parent.name,
             model=args.model_name_or_path, random_weights=args.random_weights,
             parameters=sum(getattr(p, "ds_numel", p.numel()) for p in self.trainer.model.parameters()),
-            architecture={k: getattr(config, k, None) for k in
-                          ("model_type", "vocab_size", "hidden_size", "n_layer", "n_head")},
+            architecture={k: getattr(config, k, None) for k in ARCHITECTURE_KEYS},
             dataset=args.dataset_name_or_path,
             train_samples=args.train_samples, eval_samples=args.eval_samples,
             max_length=args.max_length, pad_to_max_length=args.pad_to_max_length,
@@ -373,16 +375,15 @@ class Record:
             length_multiple=None if args.pad_to_max_length else self.length_multiple,
             save_model=args.save_model,
             gradient_checkpointing=bool(targs.gradient_checkpointing),
-            precision="bf16" if targs.bf16 else "fp16" if targs.fp16 else "fp32",
+            precision=settings["precision"],
             per_device_train_batch_size=targs.per_device_train_batch_size,
             gradient_accumulation_steps=targs.gradient_accumulation_steps,
-            world_size=targs.world_size,
+            world_size=settings["world_size"],
             nodes=int(os.environ.get("SLURM_NNODES", 1)),
             deepspeed_config=targs.deepspeed,
-            zero_stage=zero.get("stage", 0) if self.ds_config else None,
-            offload_optimizer=zero.get("offload_optimizer", {}).get("device"),
-            offload_param=zero.get("offload_param", {}).get("device"),
-            pin_memory=zero.get("offload_optimizer", {}).get("pin_memory"),
+            zero_stage=settings["zero_stage"],
+            offload_optimizer=settings["offload_optimizer"], offload_param=settings["offload_param"],
+            pin_memory=self.ds_config.get("zero_optimization", {}).get("offload_optimizer", {}).get("pin_memory"),
             epochs=epochs,
             steps_per_epoch=epochs[0]["steps"] if epochs else None,
             global_step=state.global_step, max_steps=state.max_steps,
