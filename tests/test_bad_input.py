@@ -3,6 +3,7 @@ no traceback, before any training step; nothing a user saved is changed. Never s
 wrong: a run that would train on something else than asked is refused, not run."""
 import importlib.util
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -370,3 +371,17 @@ def test_zero3_checkpoint_without_its_global_step_folder(tiny, tmp_path, stopped
     checkpoint = fake_deepspeed_checkpoint(copy_of(stopped_run, tmp_path), tag_folder=False)
     assert_refused(train("deepspeed-single-gpu", tiny, tmp_path, "--deepspeed", "ds_zero3.json",
                          launcher=True), str(checkpoint / "global_step1"), "is missing")
+
+
+@pytest.mark.parametrize("stage", ["deepspeed-multi-gpu", "deepspeed-multi-node"])
+@pytest.mark.parametrize("variable, value, words", [
+    ("GPUS", "two", "GPUS=two: give a number of processes"),
+    ("COLLECTIVE_TIMEOUT", "1m", "COLLECTIVE_TIMEOUT=1m: give whole seconds")])
+def test_job_variables_that_are_not_numbers(stage, variable, value, words):
+    """The jobs' own knobs, refused in one line before anything starts (no SLURM here)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    env.update({"GPUS": "1", variable: value})
+    proc = subprocess.run(["bash", str(ROOT / stage / f"{stage}.slurm"), "--use_cpu", "True"],
+                          env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1 and proc.stderr.strip().splitlines()[-1] == f"error: {words}" \
+        + (", e.g. GPUS=2" if variable == "GPUS" else ", e.g. 60"), proc.stdout + proc.stderr
