@@ -232,9 +232,10 @@ def test_deepspeed_zero3(tmp_path):
     with socket.socket() as s:  # a free port for the (one-process) process group
         s.bind(("127.0.0.1", 0))
         port = str(s.getsockname()[1])
+    # the tests' folder first, then the caller's PYTHONPATH (packages installed there, as on the GPU machine)
+    pythonpath = os.pathsep.join(filter(None, [str(Path(__file__).parent), os.environ.get("PYTHONPATH")]))
     result = subprocess.run([sys.executable, "-c", ZERO3_SCRIPT, port], capture_output=True,
-                            text=True, timeout=300, cwd=tmp_path,
-                            env={**os.environ, "PYTHONPATH": str(Path(__file__).parent)})
+                            text=True, timeout=300, cwd=tmp_path, env={**os.environ, "PYTHONPATH": pythonpath})
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     print(result.stdout.strip().splitlines()[-1])
 
