@@ -524,3 +524,31 @@ def test_real_h100_runs_of_schema_version_1(tmp_path):
     assert all(r["wall s"] == "" for r in tables["time"]) and "version 1 has no time parts" in proc.stdout
     assert "say nothing about GPU speed" not in proc.stdout
     assert "- Random weights: speed and memory are real, losses are not — all runs" in proc.stdout
+
+
+TWO_GPUS = ROOT / "docs" / "results" / "h200x2-2026-12-01"
+
+
+def test_several_gpus_against_one_on_the_committed_two_gpu_runs(tmp_path):
+    """The two-H200 runs (one GPU against two, 500 rows per GPU): every two-GPU run that has a
+    one-GPU run of its configuration is beside it, as weak scaling, with the efficiencies its
+    metrics give; a run without one (ZeRO-3 at one GPU only) is not in the table."""
+    proc = tool(TWO_GPUS / "deepspeed-multi-gpu", "--csv", tmp_path, "--no-plots", "--no-estimate", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    rows = list(csv.DictReader((tmp_path / "scaling.csv").read_text().splitlines()))
+    metrics = {p.parent.name: json.loads(p.read_text()) for p in TWO_GPUS.glob("*/runs/*/run_metrics.json")}
+    pairs = {r["run"].split("-local")[0]: r for r in rows}
+    assert set(pairs) == {"zero1-2gpu-weak", "zero2-2gpu-weak", "fast-2gpu-weak", "fast-zero1-2gpu-weak"}
+    for r in rows:
+        two = metrics[r["run"]]
+        one = metrics[next(name for name in metrics if name.startswith(r["run"].split("-2gpu")[0] + "-1gpu"))]
+        assert (r["GPUs"], r["scaling"]) == ("2", "weak")
+        assert number(r["steady efficiency"]) == pytest.approx(
+            two["steady_train_samples_per_second"] / (2 * one["steady_train_samples_per_second"]))
+        assert number(r["job efficiency"]) == pytest.approx(one["wall_seconds"] / two["wall_seconds"])
+        assert number(r["saved MiB/GPU"]) == pytest.approx(
+            max(one["peak_gpu_memory_allocated_mib"]) - max(two["peak_gpu_memory_allocated_mib"]))
+    assert number(pairs["zero1-2gpu-weak"]["steady efficiency"]) == pytest.approx(1.02, abs=0.01)
+    assert "## Several GPUs against one" in proc.stdout
+    help_text = tool("--help", cwd=ROOT).stdout
+    assert all(column in help_text for column in rows[0] if column != "run")

@@ -109,6 +109,22 @@ Comparison (one row per run):
   plan host MiB      the plan's host memory per node; compare with peak host MiB
   estimate from      the basis of the est. columns; blank with a note when the model's
                      config is not found
+Several GPUs against one (a row per run of several GPUs that has a one-GPU run of the same
+configuration among the runs: model, ZeRO stage, offload, precision, fast path, compiled blocks,
+batch per GPU, accumulation, length, gradient checkpointing, GPU; printed only when there is one):
+  GPUs               ranks of the run
+  one GPU            the one-GPU run it is compared with
+  scaling            weak: each GPU trained as many samples as the one GPU did (500 rows per
+                     GPU: --train_samples $((500*N))); strong: all GPUs together did
+  job efficiency     how much of N times the one GPU's work per second the whole job gave:
+                     one GPU's job s / job s (weak), / (N x job s) (strong); start-up included
+  steady efficiency  steady samples/s / (N x the one GPU's): the training steps alone
+  job s, one GPU job s
+                     wall s of both jobs
+  samples/s, one GPU samples/s
+                     steady samples/s of both, all GPUs together
+  peak alloc MiB, one GPU peak alloc MiB, saved MiB/GPU
+                     peak alloc MiB (above) of both, and what the N GPUs save on each GPU
 Plots (in the plots folder, one colour per run in each): loss.png (train loss per step, eval
 loss per epoch), gpu-memory.png (memory.used against minutes since the log started, one panel
 per run, a shade of the run's colour per GPU) and time.png (where the time went, a stacked bar
@@ -639,6 +655,47 @@ def comparison(runs):
     ]).astype({"GPUs": "Int64", "nodes": "Int64"})
 
 
+# What must match for a one-GPU run to be another run's reference in the scaling table
+SAME_CONFIGURATION = ("architecture", "zero_stage", "offload_optimizer", "offload_param", "precision",
+                      "fast_path", "compile_blocks", "per_device_train_batch_size",
+                      "gradient_accumulation_steps", "max_length", "gradient_checkpointing", "gpu")
+
+
+def scaling(runs):
+    """Several GPUs against one: each complete run of N > 1 GPUs beside the first complete one-GPU
+    run of the same configuration, as weak or strong scaling by the samples each GPU trained."""
+    def key(r):
+        return json.dumps([r.m.get(k) for k in SAME_CONFIGURATION], sort_keys=True)
+
+    def samples_per_gpu(r):
+        return r.m["global_step"] * r.m["per_device_train_batch_size"] * r.m["gradient_accumulation_steps"]
+
+    done = [r for r in runs if r.m.get("status") == "complete" and r.m.get("steady_train_samples_per_second")
+            and r.m.get("wall_seconds") and r.m.get("global_step")]
+    single = {}
+    for r in done:
+        if r.m.get("world_size") == 1:
+            single.setdefault(key(r), r)
+    rows = []
+    for r in done:
+        n, one = r.m.get("world_size") or 1, single.get(key(r))
+        if n < 2 or one is None:
+            continue
+        each, alone = samples_per_gpu(r), samples_per_gpu(one)
+        kind = "weak" if each == alone else "strong" if each * n == alone else None
+        job = one.m["wall_seconds"] / r.m["wall_seconds"] / (n if kind == "strong" else 1) if kind else None
+        speed, speed_one = r.m["steady_train_samples_per_second"], one.m["steady_train_samples_per_second"]
+        peak, peak_one = (max((v for v in run.m.get("peak_gpu_memory_allocated_mib") or [] if v is not None),
+                              default=None) for run in (r, one))
+        rows.append({"run": r.name, "label": r.label, "GPUs": n, "one GPU": one.label, "scaling": kind,
+                     "job efficiency": job, "steady efficiency": speed / (n * speed_one),
+                     "job s": r.m["wall_seconds"], "one GPU job s": one.m["wall_seconds"],
+                     "samples/s": speed, "one GPU samples/s": speed_one,
+                     "peak alloc MiB": peak, "one GPU peak alloc MiB": peak_one,
+                     "saved MiB/GPU": peak_one - peak if peak and peak_one else None})
+    return pd.DataFrame(rows)
+
+
 def notes(runs, general=()):
     """The Notes: each run's own, then each caveat once with the runs it concerns."""
     lines = [f"- {r.label}: {note}" for r in runs for note in r.notes]
@@ -789,8 +846,9 @@ def main(argv=None):
     if not args.no_estimate:
         runs = [estimate(r, predict) for r in runs]
     tables = {"objective1": objective1(runs), "objective2": objective2(runs), "time": time_table(runs),
-              "comparison": comparison(runs)}
-    digits = {"est.": 1, "loss": 4, "eval loss": 4, "samples/s": 2, "MiB": 0, "MiB/rank": 0, " s": 1}
+              "comparison": comparison(runs), "scaling": scaling(runs)}
+    digits = {"est.": 1, "loss": 4, "eval loss": 4, "samples/s": 2, "MiB": 0, "MiB/rank": 0, "MiB/GPU": 0,
+              " s": 1, "efficiency": 2}
     print("## Objective 1: loss and speed\n\n" + markdown(tables["objective1"], digits, ""))
     if on_cpu := [r.label for r in runs if r.on_cpu]:
         print(f"\n> **Warning**: speeds measured on the CPU (no GPU) say nothing about GPU speed: "
@@ -801,6 +859,8 @@ def main(argv=None):
     print("\n## Where the time went (seconds)\n\n" + markdown(timed, digits,
           "_no run_metrics.json of schema version 2 (version 1 has no time parts)_"))
     print("\n## Comparison across runs\n\n" + markdown(tables["comparison"], digits, ""))
+    if not tables["scaling"].empty:
+        print("\n## Several GPUs against one\n\n" + markdown(tables["scaling"], digits, ""))
     if lines := notes(runs, general):
         print("\n## Notes\n\n" + "\n".join(lines))
     if args.csv:
