@@ -683,7 +683,8 @@ def scaling(runs):
             continue
         each, alone = samples_per_gpu(r), samples_per_gpu(one)
         kind = "weak" if each == alone else "strong" if each * n == alone else None
-        job = one.m["wall_seconds"] / r.m["wall_seconds"] / (n if kind == "strong" else 1) if kind else None
+        timed = kind and all(run.m.get("time_seconds") for run in (r, one))  # version 1: from train() only
+        job = one.m["wall_seconds"] / r.m["wall_seconds"] / (n if kind == "strong" else 1) if timed else None
         speed, speed_one = r.m["steady_train_samples_per_second"], one.m["steady_train_samples_per_second"]
         peak, peak_one = (max((v for v in run.m.get("peak_gpu_memory_allocated_mib") or [] if v is not None),
                               default=None) for run in (r, one))
