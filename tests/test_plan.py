@@ -100,6 +100,12 @@ def test_committed_runs_are_found_and_known():
     assert [name for name, _ in SKIPPED] == ["h200-2026-12-01/explore/ZeRO-2_fast_RO64_short"], SKIPPED
 
 
+def test_committed_results_hide_nothing_from_git():
+    """A stage's log/.gitignore (everything but itself) copied into docs/results with its runs
+    keeps git from committing their logs, as it did once."""
+    assert not list(RESULTS.rglob(".gitignore"))
+
+
 def test_every_run_within_10_percent_and_fits_as_it_ran():
     """GPU within 10%; host within 15% with offload, 1 GiB without; "no" for every run that ran out of that
     memory, never "no" for one that completed."""
