@@ -630,6 +630,11 @@ def time_table(runs):
     return pd.DataFrame(rows)
 
 
+def highest(values):
+    """The largest of a per-rank list from run_metrics.json, ranks without a reading left out."""
+    return max((v for v in values or [] if v is not None), default=None)
+
+
 def comparison(runs):
     """The configurations side by side: speed, measured memory and the estimates."""
     rows = []
@@ -638,16 +643,15 @@ def comparison(runs):
         offload = ", ".join(f"{short} {m[key]}" for short, key in (("opt", "offload_optimizer"),
                             ("param", "offload_param")) if m.get(key) not in (None, "none"))
         gpus, speed = m.get("world_size"), m.get("steady_train_samples_per_second")
-        highest = lambda key: max((v for v in m.get(key) or [] if v is not None), default=None)
         rows.append({"run": r.name, "label": r.label, "stage": r.stage,
                      "ZeRO": (m.get("zero_stage") if m.get("deepspeed_config") else "-") if m else None,
                      "offload": offload or ("none" if m else None), "precision": m.get("precision"),
                      "GPUs": gpus, "nodes": m.get("nodes"), "samples/s": speed,
                      "samples/s/GPU": speed / gpus if speed and gpus else None,
                      "peak GPU MiB": r.gpu["memory.used"].max() if r.gpu is not None else None,
-                     "peak alloc MiB": highest("peak_gpu_memory_allocated_mib"),
+                     "peak alloc MiB": highest(m.get("peak_gpu_memory_allocated_mib")),
                      "peak host MiB": r.host["rss_mib"].max() if r.host is not None else None,
-                     "host MiB/rank": highest("peak_host_rss_mib"), **r.estimate})
+                     "host MiB/rank": highest(m.get("peak_host_rss_mib")), **r.estimate})
     return pd.DataFrame(rows).reindex(columns=[
         "run", "label", "stage", "ZeRO", "offload", "precision", "GPUs", "nodes", "samples/s",
         "samples/s/GPU", "peak GPU MiB", "peak alloc MiB", "peak host MiB", "host MiB/rank",
@@ -686,8 +690,7 @@ def scaling(runs):
         timed = kind and all(run.m.get("time_seconds") for run in (r, one))  # version 1: from train() only
         job = one.m["wall_seconds"] / r.m["wall_seconds"] / (n if kind == "strong" else 1) if timed else None
         speed, speed_one = r.m["steady_train_samples_per_second"], one.m["steady_train_samples_per_second"]
-        peak, peak_one = (max((v for v in run.m.get("peak_gpu_memory_allocated_mib") or [] if v is not None),
-                              default=None) for run in (r, one))
+        peak, peak_one = (highest(run.m.get("peak_gpu_memory_allocated_mib")) for run in (r, one))
         rows.append({"run": r.name, "label": r.label, "GPUs": n, "one GPU": one.label, "scaling": kind,
                      "job efficiency": job, "steady efficiency": speed / (n * speed_one),
                      "job s": r.m["wall_seconds"], "one GPU job s": one.m["wall_seconds"],
