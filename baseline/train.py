@@ -29,7 +29,7 @@ def train():
     ds_config = deepspeed_config(training_args.deepspeed)
     record.args, record.training_args, record.ds_config = args, training_args, ds_config
     # A finished run, or a checkpoint that cannot be resumed, is refused before any work.
-    settings = run_settings(args, training_args, ds_config)
+    settings = record.settings = run_settings(args, training_args, ds_config)
     resume_from = resume_point(training_args.output_dir,
                                AutoConfig.from_pretrained(args.model_name_or_path), settings)
 

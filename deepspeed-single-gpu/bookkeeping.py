@@ -336,6 +336,7 @@ class Record:
         self.started, self.clock = started, Clock(started)
         self.status, self.error = "failed", None
         self.args = self.training_args = self.ds_config = self.trainer = self.checkpoints = None
+        self.settings = None  # run_settings(): what a resumed run is checked against
         self.data, self.answers_after, self.out_of_memory = None, None, None
         self.length_multiple = None  # what the collator pads lengths to a multiple of
         # scancel and the time limit send SIGTERM: leave through SystemExit, so that the
@@ -355,7 +356,6 @@ class Record:
         samples_per_step = (targs.per_device_train_batch_size * targs.gradient_accumulation_steps
                             * targs.world_size)
         parts, wall = self.clock.parts()
-        settings = run_settings(args, targs, self.ds_config)
         config = self.trainer.model.config
         cuda = torch.cuda.is_available() and not targs.use_cpu
         return dict(
@@ -375,14 +375,14 @@ class Record:
             length_multiple=None if args.pad_to_max_length else self.length_multiple,
             save_model=args.save_model,
             gradient_checkpointing=bool(targs.gradient_checkpointing),
-            precision=settings["precision"],
+            precision=self.settings["precision"],
             per_device_train_batch_size=targs.per_device_train_batch_size,
             gradient_accumulation_steps=targs.gradient_accumulation_steps,
-            world_size=settings["world_size"],
+            world_size=self.settings["world_size"],
             nodes=int(os.environ.get("SLURM_NNODES", 1)),
             deepspeed_config=targs.deepspeed,
-            zero_stage=settings["zero_stage"],
-            offload_optimizer=settings["offload_optimizer"], offload_param=settings["offload_param"],
+            zero_stage=self.settings["zero_stage"],
+            offload_optimizer=self.settings["offload_optimizer"], offload_param=self.settings["offload_param"],
             pin_memory=self.ds_config.get("zero_optimization", {}).get("offload_optimizer", {}).get("pin_memory"),
             epochs=epochs,
             steps_per_epoch=epochs[0]["steps"] if epochs else None,
