@@ -1,9 +1,11 @@
-"""What train.py keeps besides the lesson: where the job's time went, checkpoints on time and on
-request, resuming safely, and run_metrics.json (its fields: docs/metrics.md).
+"""The run around train.py's lesson: one context that maps how the run ends to its exit status
+and writes run_metrics.json however it ends, and the Trainer callbacks that time the job and
+checkpoint it on time and on request. Nothing happens on import; entering the context installs
+the signal handlers and the compile caches, leaving it restores the handlers.
 
-The .slurm jobs read train.py's exit status: 0 finished, STOPPED_TO_RESUME (75) stopped on
-request with a checkpoint (the job requeues itself), 1 refused or failed (the reason is the
-last line, `error: ...`), 128 + signal when killed (143: scancel, time limit).
+Exit statuses (the .slurm jobs act on them): 0 finished, 75 stopped on request with a
+checkpoint (the job requeues itself), 1 refused or failed (the reason is the last line,
+`error: ...`), 128 + signal when killed (143: scancel, the time limit).
 """
 import contextlib
 import hashlib
@@ -14,9 +16,11 @@ import platform
 import re
 import resource
 import signal
+import socket
 import sys
 import tempfile
 import time
+import traceback
 import zipfile
 from pathlib import Path
 
@@ -24,17 +28,11 @@ import torch
 import torch.distributed as dist
 from transformers import AutoConfig, TrainerCallback
 
-from config import zero_stage
+from workshop.metrics import (ARCHITECTURE_KEYS, METRICS_FILE, SCHEMA_VERSION, SETTINGS_FILE,
+                              STOPPED_TO_RESUME, TIME_PARTS, checkpoints, read_json)
 
-SCHEMA_VERSION = 2
-METRICS_FILE = "run_metrics.json"
-SETTINGS_FILE = "run_settings.json"  # what a resumed run must share with the run it continues
 SAVE_AND_STOP_FILE = "save-and-stop"  # the .slurm jobs create it on SLURM's time-limit warning
-STOPPED_TO_RESUME = 75  # EX_TEMPFAIL: "try again", which is what the job then does
-TIME_PARTS = ("startup", "compiling", "training_steps", "evaluation", "checkpoint_saving",
-              "answer_generation", "final_save", "other")
-# What tells one model's architecture from another's (a checkpoint's must match).
-ARCHITECTURE_KEYS = ("model_type", "vocab_size", "hidden_size", "n_layer", "n_head")
+LOCK_FILE = ".run-lock"  # one run at a time in an output folder
 # Settings a resumed run must share with the run it continues (the rest may change).
 RESUME_SETTINGS = ("model_name_or_path", "random_weights", "dataset_name_or_path", "train_samples",
                    "max_length", "pad_to_max_length", "fast_path", "per_device_train_batch_size",
@@ -45,15 +43,11 @@ RESUME_SETTINGS = ("model_name_or_path", "random_weights", "dataset_name_or_path
 
 def job_started_at():
     """When the job started: JOB_STARTED_AT (epoch seconds, set by the .slurm job first thing),
-    else this process's start (Linux /proc), else now."""
+    else this process's start."""
     if "JOB_STARTED_AT" in os.environ:
         return float(os.environ["JOB_STARTED_AT"])
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
-        boot = next(int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
-                    if line.startswith("btime"))
-        return boot + ticks / os.sysconf("SC_CLK_TCK")
-    return time.time()
+    import psutil
+    return psutil.Process().create_time()
 
 
 def use_compile_caches():
@@ -64,10 +58,9 @@ def use_compile_caches():
     TORCHINDUCTOR_CACHE_DIR or TORCH_EXTENSIONS_DIR wins. A folder that cannot be written is a
     warning, and this job compiles into a temporary folder instead."""
     base = Path(os.environ.get("COMPILE_CACHE", Path.home() / ".cache" / "bloom-workshop"))
-    key = f"{Path(sys.prefix).name}-{hashlib.sha1(sys.prefix.encode()).hexdigest()[:8]}"
     for variable, name in (("TORCHINDUCTOR_CACHE_DIR", "inductor"),
                            ("TORCH_EXTENSIONS_DIR", "torch_extensions")):
-        folder = Path(os.environ.get(variable, base / key / name))
+        folder = Path(os.environ.get(variable, base / environment_key() / name))
         try:
             folder.mkdir(parents=True, exist_ok=True)
             tempfile.TemporaryFile(dir=folder).close()
@@ -76,6 +69,11 @@ def use_compile_caches():
                   f"compiles without it (set COMPILE_CACHE to a writable folder)", file=sys.stderr)
             folder = Path(tempfile.mkdtemp(prefix=f"{name}-"))
         os.environ[variable] = str(folder)
+
+
+def environment_key():
+    """The compile caches' folder name for this Python environment."""
+    return f"{Path(sys.prefix).name}-{hashlib.sha1(sys.prefix.encode()).hexdigest()[:8]}"
 
 
 def is_distributed():
@@ -105,7 +103,7 @@ class Clock(TrainerCallback):
         self.seconds = dict.fromkeys(TIME_PARTS, 0.0)
         self.first_step_at = self.mark = None
         self.steady_seconds, self.steady_steps = 0.0, 0
-        self.compiling_steps, self.resumed_at = 0, 0
+        self.compiling_steps, self.resumed_at, self.events_before = 0, 0, 0
 
     @contextlib.contextmanager
     def timing(self, part):
@@ -154,14 +152,17 @@ class Clock(TrainerCallback):
         self.resumed_at = state.global_step
 
     def on_evaluate(self, args, state, control, **kwargs):
-        self.seconds["evaluation"] += self._since_mark()
+        if self.mark is not None:
+            self.seconds["evaluation"] += self._since_mark()
 
     def on_save(self, args, state, control, **kwargs):
-        self.seconds["checkpoint_saving"] += self._since_mark()
+        if self.mark is not None:
+            self.seconds["checkpoint_saving"] += self._since_mark()
 
     def on_train_end(self, args, state, control, **kwargs):
         if self.mark is not None:
             self.seconds["training_steps"] += self._since_mark()
+            self.mark = None
 
     def parts(self):
         """TIME_PARTS in seconds, `other` the rest of the wall time; and the wall time."""
@@ -213,51 +214,30 @@ class Checkpoints(TrainerCallback):
         return control
 
 
-def run_settings(args, training_args, ds_config):
+class AnswerQualityBeforeTraining(TrainerCallback):
+    """SQuAD EM/F1 of the model as it starts (not when resuming), kept in the Trainer's log
+    history so that a resumed run still has it. It runs once DeepSpeed has set the model up:
+    under ZeRO-3 only then can the partitioned layers be gathered to generate."""
+
+    def __init__(self, tokenizer, rows, max_length, clock):
+        self.tokenizer, self.rows, self.max_length, self.clock = tokenizer, rows, max_length, clock
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        if state.global_step == 0:
+            from workshop.answers import answer_quality
+            with self.clock.timing("answer_generation"):
+                scores, _ = answer_quality(model, self.tokenizer, self.rows, self.max_length, args.device)
+            state.log_history.append(dict(answer_quality_before=scores, step=0))
+
+
+def run_settings(args, training_args, deepspeed):
     """The settings that decide what a run computes (RESUME_SETTINGS), as a dict."""
-    zero = ds_config.get("zero_optimization", {}) if ds_config else {}
     values = {**vars(args), **training_args.to_dict(),
               "precision": "bf16" if training_args.bf16 else "fp16" if training_args.fp16 else "fp32",
-              "world_size": training_args.world_size,
-              "zero_stage": zero_stage(ds_config),
-              "offload_optimizer": zero.get("offload_optimizer", {}).get("device"),
-              "offload_param": zero.get("offload_param", {}).get("device")}
+              "world_size": training_args.world_size, "zero_stage": deepspeed.stage,
+              "offload_optimizer": deepspeed.offload("optimizer"),
+              "offload_param": deepspeed.offload("param")}
     return {k: values.get(k) for k in RESUME_SETTINGS}
-
-
-def write_settings(trainer, settings):
-    """run_settings.json in the output folder (rank 0): what a resumed run is checked against."""
-    if trainer.is_world_process_zero():
-        path = Path(trainer.args.output_dir) / SETTINGS_FILE
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(settings, indent=2) + "\n")
-
-
-def check_checkpoint(folder, deepspeed):
-    """Refuse a checkpoint that is damaged or of the other kind (DeepSpeed's or the Trainer's),
-    naming the file and what to do."""
-    what_to_do = (f"move {folder} aside to resume from the checkpoint before it, or choose "
-                  f"another --output_dir")
-    written_by_deepspeed = any(folder.glob("global_step*")) or (folder / "latest").is_file()
-    if deepspeed and not written_by_deepspeed:
-        raise ValueError(f"{folder} was written without DeepSpeed (no global_step* folder): resume "
-                         f"it with the baseline stage, or choose another --output_dir")
-    if not deepspeed and written_by_deepspeed:
-        raise ValueError(f"{folder} was written by DeepSpeed (global_step* folder): resume it with "
-                         f"the DeepSpeed stage and config that wrote it, or choose another --output_dir")
-    if deepspeed and (folder / "latest").is_file():
-        tag = (folder / "latest").read_text().strip()
-        if not (folder / tag).is_dir():
-            raise ValueError(f"{folder / tag} is missing (DeepSpeed's model and optimizer states): "
-                             f"{what_to_do}")
-    try:
-        json.loads((folder / "trainer_state.json").read_text())
-    except json.JSONDecodeError:
-        raise ValueError(f"{folder / 'trainer_state.json'} is damaged (cut short?): {what_to_do}") from None
-    for path in [*folder.glob("*.safetensors"), *folder.glob("*.pt"), *folder.glob("*.pth"),
-                 *folder.glob("global_step*/*.pt")]:
-        if not intact(path):
-            raise ValueError(f"{path} is damaged (cut short?): {what_to_do}")
 
 
 def intact(path):
@@ -275,40 +255,110 @@ def intact(path):
         return False
 
 
-def resume_point(output_dir, model_config, settings):
-    """The newest complete checkpoint in output_dir to resume from, or None to start afresh.
+def check_checkpoint(folder, model_config, settings):
+    """Refuse a checkpoint of another model, of the other kind (DeepSpeed's or the Trainer's),
+    damaged, or of a run with other settings, naming the file and what to do."""
+    what_to_do = (f"move {folder} aside to resume from the checkpoint before it, or choose "
+                  f"another --output_dir")
+    theirs, ours = AutoConfig.from_pretrained(folder).to_dict(), model_config.to_dict()
+    if any(theirs.get(k) != ours.get(k) for k in ARCHITECTURE_KEYS):
+        raise ValueError(f"{folder} holds a checkpoint of another model "
+                         f"({', '.join(f'{k}={theirs.get(k)}' for k in ARCHITECTURE_KEYS)}); "
+                         f"choose another --output_dir")
+    deepspeed = settings["zero_stage"] is not None
+    written_by_deepspeed = any(folder.glob("global_step*")) or (folder / "latest").is_file()
+    if deepspeed and not written_by_deepspeed:
+        raise ValueError(f"{folder} was written without DeepSpeed (no global_step* folder): resume "
+                         f"it with the baseline stage, or choose another --output_dir")
+    if not deepspeed and written_by_deepspeed:
+        raise ValueError(f"{folder} was written by DeepSpeed (global_step* folder): resume it with "
+                         f"the DeepSpeed stage and config that wrote it, or choose another --output_dir")
+    if deepspeed and (folder / "latest").is_file():
+        tag = (folder / "latest").read_text().strip()
+        if not (folder / tag).is_dir():
+            raise ValueError(f"{folder / tag} is missing (DeepSpeed's model and optimizer states): "
+                             f"{what_to_do}")
+    if read_json(folder / "trainer_state.json") is None:
+        raise ValueError(f"{folder / 'trainer_state.json'} is damaged (cut short?): {what_to_do}")
+    for path in [*folder.glob("*.safetensors"), *folder.glob("*.pt"), *folder.glob("*.pth"),
+                 *folder.glob("global_step*/*.pt")]:
+        if not intact(path):
+            raise ValueError(f"{path} is damaged (cut short?): {what_to_do}")
+    before = read_json(folder.parent / SETTINGS_FILE) or {}
+    differ = [f"{k}={before.get(k)!r} then, {settings[k]!r} now" for k in RESUME_SETTINGS
+              if k in before and before[k] != settings[k]]
+    if differ:
+        raise ValueError(f"{folder} continues a run with other settings ({'; '.join(differ)}): "
+                         f"resume with the same settings, or choose another --output_dir")
 
-    Refuses, in one line naming what differs: a finished run (its results are there), a
-    checkpoint of another model, of the other kind, or damaged, and settings that differ from
-    the run it would continue. The Trainer writes trainer_state.json last, so a checkpoint
-    without it was cut off (time limit, preemption): it is skipped, never deleted.
+
+def resume_point(output_dir, asked, model_config, settings):
+    """The checkpoint to resume from, or None to start afresh.
+
+    `asked` is --resume_from_checkpoint: a checkpoint folder (refused unless it can be resumed),
+    True (the newest one, refused if there is none), or None: the newest complete checkpoint
+    in output_dir, if any. Refuses, in one line naming what differs: a finished run, a
+    checkpoint of another model, of the other kind, damaged, or of other settings. The Trainer
+    writes trainer_state.json last, so a checkpoint without it was cut off (time limit,
+    preemption): it is skipped, never deleted.
     """
     output_dir = Path(output_dir)
     metrics = output_dir / METRICS_FILE
-    with contextlib.suppress(OSError, json.JSONDecodeError):
-        if json.loads(metrics.read_text()).get("status") == "complete":
-            raise ValueError(f"{output_dir} holds a finished run (its results: {metrics}): choose "
-                             f"another --output_dir to train again")
-    folders = sorted(output_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
-    for folder in reversed(folders):
+    if (read_json(metrics) or {}).get("status") == "complete":
+        raise ValueError(f"{output_dir} holds a finished run (its results: {metrics}): choose "
+                         f"another --output_dir to train again")
+    if asked not in (None, True, "True", "true"):
+        folder = Path(asked)
+        if not (folder / "trainer_state.json").is_file():
+            raise ValueError(f"--resume_from_checkpoint {asked}: no checkpoint there (no "
+                             f"trainer_state.json); give a checkpoint-N folder of a run")
+        check_checkpoint(folder, model_config, settings)
+        return str(folder)
+    for folder in reversed(checkpoints(output_dir)):
         if not (folder / "trainer_state.json").is_file():
             print(f"skipping incomplete checkpoint {folder}")
             continue
-        theirs, ours = AutoConfig.from_pretrained(folder).to_dict(), model_config.to_dict()
-        if any(theirs.get(k) != ours.get(k) for k in ARCHITECTURE_KEYS):
-            raise ValueError(f"{folder} holds a checkpoint of another model "
-                             f"({', '.join(f'{k}={theirs.get(k)}' for k in ARCHITECTURE_KEYS)}); "
-                             f"choose another --output_dir")
-        check_checkpoint(folder, deepspeed=settings["zero_stage"] is not None)
-        with contextlib.suppress(OSError, json.JSONDecodeError):
-            before = json.loads((output_dir / SETTINGS_FILE).read_text())
-            differ = [f"{k}={before.get(k)!r} then, {settings[k]!r} now" for k in RESUME_SETTINGS
-                      if k in before and before[k] != settings[k]]
-            if differ:
-                raise ValueError(f"{folder} continues a run with other settings ({'; '.join(differ)}): "
-                                 f"resume with the same settings, or choose another --output_dir")
+        check_checkpoint(folder, model_config, settings)
         return str(folder)
+    if asked is not None:
+        raise ValueError(f"--resume_from_checkpoint {asked}: {output_dir} holds no complete "
+                         f"checkpoint to resume from; leave the option out to start afresh")
     return None
+
+
+def take_lock(output_dir):
+    """Hold output_dir for this run: a file naming the host, process and job. A lock whose
+    holder is gone (same host, process ended; or the same SLURM job, requeued) is taken over,
+    and said so; a live holder's is refused in one line. Returns the lock's path."""
+    lock = Path(output_dir) / LOCK_FILE
+    me = dict(host=socket.gethostname(), pid=os.getpid(), job=os.environ.get("SLURM_JOB_ID"))
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(2):
+        try:
+            with open(lock, "x") as file:
+                json.dump(me, file)
+            return lock
+        except FileExistsError:
+            holder = read_json(lock) or {}
+        alive = holder.get("host") == me["host"] and _alive(holder.get("pid"))
+        requeued = me["job"] is not None and holder.get("job") == me["job"]
+        if alive and not requeued or holder.get("host") not in (None, me["host"]) and not requeued:
+            raise ValueError(f"--output_dir {output_dir} is in use by another run (process "
+                             f"{holder.get('pid')} on {holder.get('host')}"
+                             f"{', job ' + holder['job'] if holder.get('job') else ''}): wait for "
+                             f"it, or choose another --output_dir; if that run is gone, delete {lock}")
+        print(f"taking over {lock} from a run that is gone (process {holder.get('pid')} on "
+              f"{holder.get('host')})")
+        lock.unlink(missing_ok=True)
+    raise ValueError(f"{lock}: could not take it; delete it if no run uses {output_dir}")
+
+
+def _alive(pid):
+    try:
+        os.kill(int(pid), 0)
+        return True
+    except (OSError, TypeError, ValueError):
+        return False
 
 
 def one_line(error):
@@ -318,36 +368,149 @@ def one_line(error):
         numbers = re.findall(r"(?:allocate|capacity of|memory) ([\d.]+ [GM]iB)", text)
         said = (f" (asked {numbers[0]} more with {numbers[2]} allocated, of {numbers[1]})"
                 if len(numbers) >= 3 else "")
-        return (f"out of GPU memory{said}: `python ../tools/plan.py MODEL --gpu_memory_gib N` "
+        return (f"out of GPU memory{said}: `python tools/plan.py MODEL --gpu A100-40GB` "
                 f"says what fits; try --gradient_checkpointing True, a smaller "
                 f"--per_device_train_batch_size with more --gradient_accumulation_steps, or ZeRO "
                 f"with offload")
     if "timed out" in text.lower() or "timeout" in type(error).__name__.lower():
         return (f"a collective operation timed out ({text[:160]}): another rank or node stopped "
-                f"answering; its own log says why (--ddp_timeout sets the wait)")
+                f"answering; its own log says why (COLLECTIVE_TIMEOUT, --ddp_timeout, sets the wait)")
     return f"{type(error).__name__}: {text}" if not isinstance(error, (ValueError, OSError)) else text
 
 
-class Record:
-    """run_metrics.json: everything the workshop's tables need, written however the run ends
-    once training has been set up (a refusal before that writes nothing)."""
+def versions():
+    found = dict(python=platform.python_version(), torch=torch.__version__, cuda=torch.version.cuda)
+    for name in ("transformers", "deepspeed", "accelerate"):
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            found[name] = importlib.metadata.version(name)
+    return found
 
-    def __init__(self, started):
-        self.started, self.clock = started, Clock(started)
-        self.status, self.error = "failed", None
-        self.args = self.training_args = self.ds_config = self.trainer = self.checkpoints = None
-        self.settings = None  # run_settings(): what a resumed run is checked against
-        self.data, self.answers_after, self.out_of_memory = None, None, None
-        self.length_multiple = None  # what the collator pads lengths to a multiple of
+
+def epoch_table(log_history):
+    """Per-epoch train loss, eval loss and steps from the Trainer's log history.
+
+    Each epoch's evaluation is logged at the epoch's last step; the train loss of an epoch is
+    the mean of the losses logged at every step since the previous evaluation.
+    """
+    step_losses = {e["step"]: e["loss"] for e in log_history if "loss" in e}
+    epochs, previous_step = [], 0
+    for e in (e for e in log_history if "eval_loss" in e):
+        losses = [loss for step, loss in step_losses.items() if previous_step < step <= e["step"]]
+        epochs.append(dict(epoch=round(e["epoch"]), step=e["step"], steps=e["step"] - previous_step,
+                           train_loss=sum(losses) / len(losses) if losses else None,
+                           eval_loss=e["eval_loss"],
+                           eval_samples_per_second=e.get("eval_samples_per_second")))
+        previous_step = e["step"]
+    return epochs
+
+
+class Run(TrainerCallback):
+    """The context around train.py: what the run is (begin), where its time went (Clock),
+    checkpoints (Checkpoints), and, however it ends, run_metrics.json and the exit status."""
+
+    def __init__(self):
+        self.started = job_started_at()
+        self.clock = Clock(self.started)
+        self.status, self.error, self.out_of_memory = "failed", None, None
+        self.args = self.training_args = self.deepspeed = self.settings = None
+        self.checkpoints = self.model = self.state = self.data = self.answers_after = None
+        self.lock = self.handlers = None
+
+    # -- the context -------------------------------------------------------------------------
+    def __enter__(self):
         # scancel and the time limit send SIGTERM: leave through SystemExit, so that the
         # metrics file is still written (status interrupted) on the way out.
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, leave_on_signal)
+        self.handlers = {sig: signal.signal(sig, _leave_on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+        use_compile_caches()  # what torch.compile and DeepSpeed compile is kept for the next job
+        return self
 
+    def __exit__(self, kind, error, tb):
+        for sig, handler in (self.handlers or {}).items():
+            signal.signal(sig, handler)
+        if isinstance(error, SystemExit) and not (isinstance(error.code, int) and error.code >= 128):
+            self._release()
+            return False  # argparse's own exits (--help, a misspelled option) pass
+        if error is None:
+            self.status = "stopped_on_request" if self.stopped_to_resume else "complete"
+            code = STOPPED_TO_RESUME if self.stopped_to_resume else 0
+        elif isinstance(error, SystemExit):  # SIGTERM (scancel, time limit) or SIGINT
+            self.status, self.error, code = "interrupted", f"stopped by signal {error.code - 128}", error.code
+        else:
+            if not isinstance(error, (ValueError, OSError)):  # a fault: its traceback, then why
+                traceback.print_exception(kind, error, tb)
+            self.out_of_memory = "gpu" if isinstance(error, torch.OutOfMemoryError) else None
+            self.error, code = one_line(error), 1
+        if self.model is not None:
+            with contextlib.suppress(Exception) if error is not None else contextlib.nullcontext():
+                self.write()
+        self._release()
+        if self.error and self.status != "interrupted":
+            print(f"error: {self.error}", file=sys.stderr, flush=True)
+        _leave(code)
+
+    def _release(self):
+        if self.lock:
+            self.lock.unlink(missing_ok=True)
+            self.lock = None
+
+    # -- what train.py tells it --------------------------------------------------------------
+    def begin(self, args, training_args, deepspeed):
+        """Note what the run is; refuse a finished run, a folder another run holds, and a
+        checkpoint that cannot be resumed; returns the checkpoint to resume from, or None."""
+        self.args, self.training_args, self.deepspeed = args, training_args, deepspeed
+        self.settings = run_settings(args, training_args, deepspeed)
+        resume_from = resume_point(training_args.output_dir, training_args.resume_from_checkpoint,
+                                   AutoConfig.from_pretrained(args.model_name_or_path), self.settings)
+        if training_args.process_index == 0:
+            self.lock = take_lock(training_args.output_dir)
+        if deepspeed.offload("optimizer") == "cpu":  # DeepSpeed's CPU Adam, a C++ op compiled on
+            # first use (make setup builds it): loaded here so that its time counts as compiling
+            from deepspeed.ops.op_builder import CPUAdamBuilder
+            with self.clock.timing("compiling"):
+                CPUAdamBuilder().load()
+        if resume_from:
+            print(f"resuming from {resume_from} (step {int(resume_from.rstrip('/').rsplit('-', 1)[1])})")
+        return resume_from
+
+    def callbacks(self, tokenizer, data):
+        """The Trainer's callbacks: the clock, checkpoints, this record, and the answers'
+        quality before training."""
+        self.data = data
+        self.checkpoints = Checkpoints(self.training_args.output_dir, self.args.save_minutes, self.started)
+        callbacks = [self.clock, self.checkpoints, self]
+        if self.args.answer_quality:
+            callbacks.append(AnswerQualityBeforeTraining(tokenizer, data.questions,
+                                                         self.args.max_length, self.clock))
+        return callbacks
+
+    def timing(self, part):
+        return self.clock.timing(part)
+
+    @property
+    def stopped_to_resume(self):
+        return self.checkpoints is not None and self.checkpoints.stopped_at is not None
+
+    def record_answers(self, rows, answers, scores):
+        """The answers after training: in run_metrics.json, and answers.jsonl (rank 0)."""
+        from workshop.answers import write_answers
+        self.answers_after = scores
+        if self.training_args.process_index == 0:
+            write_answers(self.training_args.output_dir, rows, answers)
+
+    # -- the Trainer's events ----------------------------------------------------------------
+    def on_init_end(self, args, state, control, model=None, **kwargs):
+        self.model, self.state = model, state
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.state = state
+        if args.process_index == 0:  # what a resumed run is checked against
+            (Path(args.output_dir) / SETTINGS_FILE).write_text(json.dumps(self.settings, indent=2) + "\n")
+
+    # -- run_metrics.json --------------------------------------------------------------------
     def metrics(self):
         """The metrics dict (docs/metrics.md). Per-rank values are gathered from every rank only
         after a successful run: after a failure the other ranks may be gone."""
-        args, targs, state = self.args, self.training_args, self.trainer.state
+        args, targs, state, ds = self.args, self.training_args, self.state, self.deepspeed
         per_rank = gather if self.status in ("complete", "stopped_on_request") else (lambda v: [v])
         history = state.log_history
         train = next((e for e in reversed(history) if "train_loss" in e), {})
@@ -356,15 +519,15 @@ class Record:
         samples_per_step = (targs.per_device_train_batch_size * targs.gradient_accumulation_steps
                             * targs.world_size)
         parts, wall = self.clock.parts()
-        config = self.trainer.model.config
+        config = self.model.config
         cuda = torch.cuda.is_available() and not targs.use_cpu
         return dict(
             schema_version=SCHEMA_VERSION,
             status=self.status, error=self.error,
-            stopped_on_request_at_step=self.checkpoints.stopped_at,
-            stage=Path(__file__).resolve().parent.name,
+            stopped_on_request_at_step=self.checkpoints.stopped_at if self.checkpoints else None,
+            stage=Path(sys.argv[0]).resolve().parent.name,
             model=args.model_name_or_path, random_weights=args.random_weights,
-            parameters=sum(getattr(p, "ds_numel", p.numel()) for p in self.trainer.model.parameters()),
+            parameters=sum(getattr(p, "ds_numel", p.numel()) for p in self.model.parameters()),
             architecture={k: getattr(config, k, None) for k in ARCHITECTURE_KEYS},
             dataset=args.dataset_name_or_path,
             train_samples=args.train_samples, eval_samples=args.eval_samples,
@@ -372,7 +535,7 @@ class Record:
             shortened_contexts=self.data.shortened if self.data else None,
             longest_sequence_tokens=self.data.longest if self.data else None,
             fast_path=args.fast_path, compile_blocks=args.compile_blocks,
-            length_multiple=None if args.pad_to_max_length else self.length_multiple,
+            length_multiple=None if args.pad_to_max_length else args.length_multiple,
             save_model=args.save_model,
             gradient_checkpointing=bool(targs.gradient_checkpointing),
             precision=self.settings["precision"],
@@ -381,9 +544,9 @@ class Record:
             world_size=self.settings["world_size"],
             nodes=int(os.environ.get("SLURM_NNODES", 1)),
             deepspeed_config=targs.deepspeed,
-            zero_stage=self.settings["zero_stage"],
-            offload_optimizer=self.settings["offload_optimizer"], offload_param=self.settings["offload_param"],
-            pin_memory=self.ds_config.get("zero_optimization", {}).get("offload_optimizer", {}).get("pin_memory"),
+            zero_stage=ds.stage,
+            offload_optimizer=ds.offload("optimizer"), offload_param=ds.offload("param"),
+            pin_memory=ds.pin_memory,
             epochs=epochs,
             steps_per_epoch=epochs[0]["steps"] if epochs else None,
             global_step=state.global_step, max_steps=state.max_steps,
@@ -412,7 +575,7 @@ class Record:
     def write(self):
         """Write run_metrics.json (rank 0) and print the lines the README shows."""
         metrics = self.metrics()
-        if not self.trainer.is_world_process_zero():
+        if self.training_args.process_index != 0:
             return
         path = Path(self.training_args.output_dir) / METRICS_FILE
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -428,27 +591,14 @@ class Record:
         print(f"job time {metrics['wall_seconds']:.1f} s: " + ", ".join(
             f"{name.replace('_', ' ')} {parts[name]:.1f}" for name in TIME_PARTS))
         print(f"metrics: {path}")
-        if self.checkpoints.stopped_at is not None:
+        if self.stopped_to_resume:
             print(f"stopped on request ({self.checkpoints.request}) after step "
                   f"{self.checkpoints.stopped_at} of {metrics['max_steps']}: checkpoint-"
                   f"{self.checkpoints.stopped_at} saved; run again with --output_dir "
                   f"{self.training_args.output_dir} to resume")
 
-    def fail(self, error):
-        """Status and reason of a run that did not finish; returns its exit status."""
-        interrupted = isinstance(error, SystemExit)
-        self.status = "interrupted" if interrupted else "failed"
-        self.out_of_memory = "gpu" if isinstance(error, torch.OutOfMemoryError) else None
-        self.error = f"stopped by signal {error.code - 128}" if interrupted else one_line(error)
-        if self.trainer is not None:
-            with contextlib.suppress(Exception):  # the reason below matters more than the file
-                self.write()
-        if not interrupted:
-            print(f"error: {self.error}", file=sys.stderr, flush=True)
-        return error.code if interrupted else 1
 
-
-def leave_on_signal(signum, frame):
+def _leave_on_signal(signum, frame):
     """The first SIGTERM/SIGINT ends the run through SystemExit; later ones are ignored: SLURM
     signals every process of the job and the deepspeed launcher passes it on to its ranks, and
     a second signal would cut the writing of the metrics file short."""
@@ -457,7 +607,7 @@ def leave_on_signal(signum, frame):
     sys.exit(128 + signum)
 
 
-def leave(code):
+def _leave(code):
     """Exit with `code`. With several ranks, a rank that finished waits for the others, then
     leaves at once: the interpreter's teardown could still abort after everything succeeded
     (ZeRO-3 at 2 ranks: "terminate called without an active exception", signal 6). A failed
@@ -469,39 +619,3 @@ def leave(code):
         dist.destroy_process_group()
         os._exit(code)
     sys.exit(code)
-
-
-def load_deepspeed_ops(ds_config, clock):
-    """Offload runs the optimizer step with DeepSpeed's CPU Adam, a C++ op compiled on first use
-    (about a minute; then cached, use_compile_caches): loaded here so that its time counts as
-    compiling. The other configs use the Trainer's fused AdamW and compile nothing."""
-    if ds_config.get("zero_optimization", {}).get("offload_optimizer", {}).get("device") == "cpu":
-        from deepspeed.ops.op_builder import CPUAdamBuilder
-        with clock.timing("compiling"):
-            CPUAdamBuilder().load()
-
-
-def versions():
-    found = dict(python=platform.python_version(), torch=torch.__version__, cuda=torch.version.cuda)
-    for name in ("transformers", "deepspeed", "accelerate"):
-        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
-            found[name] = importlib.metadata.version(name)
-    return found
-
-
-def epoch_table(log_history):
-    """Per-epoch train loss, eval loss and steps from the Trainer's log history.
-
-    Each epoch's evaluation is logged at the epoch's last step; the train loss of an epoch is
-    the mean of the losses logged at every step since the previous evaluation.
-    """
-    step_losses = {e["step"]: e["loss"] for e in log_history if "loss" in e}
-    epochs, previous_step = [], 0
-    for e in (e for e in log_history if "eval_loss" in e):
-        losses = [loss for step, loss in step_losses.items() if previous_step < step <= e["step"]]
-        epochs.append(dict(epoch=round(e["epoch"]), step=e["step"], steps=e["step"] - previous_step,
-                           train_loss=sum(losses) / len(losses) if losses else None,
-                           eval_loss=e["eval_loss"],
-                           eval_samples_per_second=e.get("eval_samples_per_second")))
-        previous_step = e["step"]
-    return epochs

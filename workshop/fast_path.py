@@ -156,7 +156,7 @@ def use_chunked_loss(model, chunk_size=1024):
 # One compiled BloomBlock.forward for every block: dynamo treats a block's weights as inputs, so
 # the 24 blocks share one graph per input shape. CUDA graphs ("reduce-overhead": 2.4x the speed
 # of compiling without them on an H200) are recorded once per shape, static shapes compiled once
-# per shape; train.py pads lengths to a multiple of config.COMPILED_LENGTH_MULTIPLE to keep them
+# per shape; the collator pads lengths to a multiple of settings.COMPILED_LENGTH_MULTIPLE to keep them
 # few. Dynamic shapes compiled once in all but recorded more often: over the workshop's 3 epochs
 # on an H200, 15 compiling steps and 25.5 s with a warm cache, against 11 steps and 16.7 s for
 # static shapes on the same kind of machine (docs/results.md). Made on first use: importing

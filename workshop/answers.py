@@ -1,6 +1,6 @@
 """Did the model learn to answer? SQuAD exact match and F1 of its greedy answers.
 
-    python answer_quality.py runs/baseline-1234     # a run's saved model, scored again
+    python -m workshop.answers baseline/runs/baseline-1234    # a run's saved model, scored again
 
 Eval loss alone does not say it: on 500 examples it rises every epoch while the answers can
 still improve. The model continues `Question: ... Context: ... Answer:` greedily; its answer
@@ -18,14 +18,13 @@ import sys
 from pathlib import Path
 
 import torch
-from transformers import TrainerCallback
 
-from data_loader import fitted_ids, load_split
+from workshop.squad import fitted_ids, load_split
 
 MAX_ANSWER_TOKENS = 32  # SQuAD answers are short: 95% have fewer than 15 words
 PROMPT_TOKENS_PER_BATCH = 16384  # 32 prompts of 512 tokens: one or two batches of questions
 ANSWERS_FILE = "answers.jsonl"
-RESCORED_FILE = "answers-rescored.jsonl"  # answer_quality.py on its own: the run's file stays
+RESCORED_FILE = "answers-rescored.jsonl"  # scored on its own: the run's file stays
 
 
 def normalize_answer(text):
@@ -99,21 +98,6 @@ def write_answers(folder, rows, answers, name=ANSWERS_FILE):
                                        references=row["answers"]["text"]), ensure_ascii=False) + "\n")
 
 
-class AnswerQualityBeforeTraining(TrainerCallback):
-    """SQuAD EM/F1 of the model as it starts (not when resuming), kept in the Trainer's log
-    history so that a resumed run still has it. It runs once DeepSpeed has set the model up:
-    under ZeRO-3 only then can the partitioned layers be gathered to generate."""
-
-    def __init__(self, tokenizer, rows, max_length, clock):
-        self.tokenizer, self.rows, self.max_length, self.clock = tokenizer, rows, max_length, clock
-
-    def on_train_begin(self, args, state, control, model=None, **kwargs):
-        if state.global_step == 0:
-            with self.clock.timing("answer_generation"):
-                scores, _ = answer_quality(model, self.tokenizer, self.rows, self.max_length, args.device)
-            state.log_history.append(dict(answer_quality_before=scores, step=0))
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", type=Path, help="a run's output folder (train.py's --output_dir)")
@@ -121,7 +105,7 @@ def main():
     parser.add_argument("--eval_samples", type=int, help="default: the run's")
     parser.add_argument("--max_length", type=int, help="default: the run's")
     args = parser.parse_args()
-    from model import load_model  # here: --help stays quick
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # here: --help stays quick
     try:
         if not (args.run / "config.json").is_file():
             raise ValueError(f"{args.run} holds no saved model (no config.json): give a finished "
@@ -133,11 +117,15 @@ def main():
         if not (dataset and samples and max_length):
             raise ValueError(f"{args.run} has no run_metrics.json naming its dataset, eval_samples "
                              f"and max_length: give them as options")
-        if not Path(dataset).is_absolute() and (Path(__file__).parent / dataset).exists():
-            dataset = str(Path(__file__).parent / dataset)  # relative to the stage, as train.py saw it
+        stage = Path(run.get("stage") or ".")
+        for folder in (args.run.resolve().parents):  # relative to the stage, as train.py saw it
+            if not Path(dataset).is_absolute() and (folder / stage / dataset).exists():
+                dataset = str(folder / stage / dataset)
+                break
         rows = load_split(dataset, "validation", samples)
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        model, tokenizer = load_model(str(args.run), device=device)
+        model = AutoModelForCausalLM.from_pretrained(args.run, device_map=device)
+        tokenizer = AutoTokenizer.from_pretrained(args.run)
     except (ValueError, OSError) as e:
         sys.exit(f"error: {e}")
     scores, answers = answer_quality(model, tokenizer, rows, max_length, device)

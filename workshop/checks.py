@@ -1,0 +1,119 @@
+"""Every option and file a run reads, checked before anything heavy runs: a mistake is one line
+naming the option or file and what to do (raised as ValueError; train.py prints it last)."""
+import argparse
+import difflib
+import math
+import os
+import sys
+from pathlib import Path
+
+from transformers import HfArgumentParser
+
+from workshop.settings import compile_blocks_refusal
+from workshop.squad import is_local_path, not_here
+
+POSITIVE = ("train_samples", "eval_samples", "max_length", "per_device_train_batch_size",
+            "per_device_eval_batch_size", "gradient_accumulation_steps", "learning_rate",
+            "logging_steps", "save_minutes", "ddp_timeout")
+NOT_NEGATIVE = ("weight_decay", "warmup_steps", "max_grad_norm")
+
+
+class Parser(HfArgumentParser):
+    """HF's parser with one-line errors: a misspelled option gets the closest real one, not
+    the 100-line usage."""
+
+    def error(self, message):
+        unknown = message.split("unrecognized arguments: ")[-1].split() if "unrecognized" in message else []
+        options = [o for action in self._actions for o in action.option_strings]
+        hints = [f"{u}: did you mean {close[0]}?" for u in unknown if u.startswith("--")
+                 and (close := difflib.get_close_matches(u.split("=")[0], options, n=1))]
+        sys.exit(f"error: {'; '.join(hints) or message} (python train.py --help lists every option)")
+
+    def given(self, argv=None):
+        """The options given on the command line alone, as argparse understood them (an
+        abbreviation, `--opt=value`): parsed once, with no default filled in."""
+        for action in self._actions:
+            if action.dest != "help":
+                action.default = argparse.SUPPRESS
+        return vars(self.parse_args(argv))
+
+
+def check_sources(asked):
+    """The model and dataset options: a folder that holds what it should, or a hub id that
+    this machine can get."""
+    model, data = Path(asked.model_name_or_path).expanduser(), Path(asked.dataset_name_or_path).expanduser()
+    if model.is_file():
+        raise ValueError(f"--model_name_or_path {model} is a file: give the model's folder")
+    if model.is_dir():
+        if not (model / "config.json").is_file():
+            raise ValueError(f"model folder {model} has no config.json: is it a saved model "
+                             f"(save_pretrained, tools/prepare.py)?")
+        if not any((model / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json")):
+            raise ValueError(f"model folder {model} has no tokenizer (tokenizer.json): make a "
+                             f"complete folder with `python tools/prepare.py --model_name_or_path "
+                             f"NAME --prepared_dir FOLDER`, or save the tokenizer beside the model")
+    elif is_local_path(asked.model_name_or_path):
+        raise ValueError(f"model folder {asked.model_name_or_path} does not exist "
+                         f"(looked for {model.resolve()})")
+    else:
+        from huggingface_hub import constants, try_to_load_from_cache
+        if constants.HF_HUB_OFFLINE and not isinstance(
+                try_to_load_from_cache(asked.model_name_or_path, "config.json"), str):
+            raise ValueError(not_here(asked.model_name_or_path, "model"))
+    if data.is_file():
+        raise ValueError(f"--dataset_name_or_path {data} is a file: give the folder that holds "
+                         f"the train and validation files ({data.parent})")
+    if not data.exists() and (is_local_path(asked.dataset_name_or_path)
+                              or data.suffix in (".json", ".jsonl")):
+        raise ValueError(f"dataset folder {asked.dataset_name_or_path} does not exist "
+                         f"(looked for {data.resolve()})")
+
+
+def check_output_dir(asked):
+    """The output folder: a folder, and never a folder the run reads from."""
+    out = Path(asked.output_dir).expanduser()
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--output_dir {asked.output_dir} is a file: give a folder")
+    for option in ("model_name_or_path", "dataset_name_or_path"):
+        source = Path(getattr(asked, option)).expanduser()
+        if source.is_dir() and (out.resolve() == source.resolve() or source.resolve() in out.resolve().parents):
+            raise ValueError(f"--output_dir {asked.output_dir} is inside --{option} "
+                             f"{getattr(asked, option)}: the run would write over what it reads; "
+                             f"choose another --output_dir")
+
+
+def check_values(asked, deepspeed):
+    """Every number a user types and the combinations that cannot run: one line each."""
+    for name in POSITIVE:
+        value = getattr(asked, name)
+        if not (isinstance(value, (int, float)) and math.isfinite(value)) or value <= 0:
+            raise ValueError(f"--{name} {value}: must be a number above 0")
+    if asked.max_steps <= 0 and not asked.num_train_epochs > 0:
+        raise ValueError(f"--num_train_epochs {asked.num_train_epochs}: must be above 0 "
+                         f"(or give --max_steps)")
+    for name in NOT_NEGATIVE:
+        value = getattr(asked, name)
+        if not math.isfinite(value) or value < 0:
+            raise ValueError(f"--{name} {value}: must be a number, 0 or more")
+    if asked.save_total_limit is not None and asked.save_total_limit < 1:
+        raise ValueError(f"--save_total_limit {asked.save_total_limit}: keep at least 1 "
+                         f"checkpoint, or leave it unset to keep them all")
+    if asked.length_multiple is not None and asked.length_multiple < 1:
+        raise ValueError(f"--length_multiple {asked.length_multiple}: must be above 0")
+    check_sources(asked)
+    check_output_dir(asked)
+    if asked.compile_blocks and not asked.fast_path:
+        raise ValueError("--compile_blocks True compiles the fast path: add --fast_path True")
+    if asked.fp16 and asked.bf16:
+        raise ValueError("--fp16 True and --bf16 True: choose one")
+    if asked.use_cpu and (asked.fp16 or asked.bf16):
+        raise ValueError("--use_cpu True trains in fp32: drop --fp16 True / --bf16 True")
+    if asked.compile_blocks and (refusal := compile_blocks_refusal(
+            deepspeed.stage, asked.gradient_accumulation_steps)):
+        raise ValueError(refusal)
+    if deepspeed.path and "LOCAL_RANK" not in os.environ:
+        raise ValueError(f"--deepspeed {asked.deepspeed} needs DeepSpeed's launcher, which starts "
+                         f"one process per GPU: deepspeed --num_gpus 1 train.py [options] (or "
+                         f"this stage's .slurm job)")
+    if deepspeed.path and asked.use_cpu and asked.fp16:
+        raise ValueError("fp16 on the CPU: DeepSpeed's CPU accelerator has no fp16; drop --fp16 True")

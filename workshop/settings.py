@@ -1,0 +1,106 @@
+"""The workshop's settings, each with why as its --help text: one definition, read by every
+stage's config.py (which layers them under the command line) and by the tools (plan, bench)."""
+from dataclasses import dataclass, field
+
+
+def option(default, why):
+    return field(default=default, metadata={"help": why})
+
+
+@dataclass
+class WorkshopArguments:
+    model_name_or_path: str = option(
+        "bigscience/bloom-560m", "hub id, or a local folder with config.json (prepared/model on "
+        "offline nodes: tools/prepare.py)")
+    random_weights: bool = option(
+        False, "build the architecture from its config alone: speed and memory runs on machines "
+        "that cannot download the weights (the losses mean nothing)")
+    dataset_name_or_path: str = option(
+        "squad", "hub id, or a local folder holding a train and a validation file (JSON lines, "
+        "a JSON list of rows, or SQuAD's own train-v1.1.json / dev-v1.1.json)")
+    train_samples: int = option(500, "the first rows of the train split: small enough for a workshop hour")
+    eval_samples: int = option(50, "the first rows of the validation split, for eval loss and answers")
+    max_length: int = option(
+        512, "tokens per example; SQuAD prompts average ~220 tokens with BLOOM's tokenizer, and "
+        "longer ones lose the end of their context (question and answer are kept whole)")
+    pad_to_max_length: bool = option(
+        True, "pad every sequence to max_length, as the workshop does (the fast path pads each "
+        "batch to its longest sequence instead)")
+    fast_path: bool = option(
+        False, "the settings of FAST_PATH (workshop/settings.py) for those not given on the command "
+        "line: the same 16 sequences per optimizer step and loss, less work (README: Making it fast)")
+    compile_blocks: bool | None = option(
+        None, "with --fast_path: torch.compile + CUDA graphs for each BLOOM block (workshop/"
+        "fast_path.py). Unset: on with the fast path on a CUDA GPU when the run is long enough to "
+        "pay for compiling, and not under ZeRO-3 nor with gradient accumulation")
+    answer_quality: bool = option(
+        True, "greedy answers to the validation questions before and after training, scored with "
+        "SQuAD's exact match and F1 (workshop/answers.py): a few seconds on a GPU")
+    save_model: bool = option(
+        True, "write the trained model at the end (off for speed and memory measurements: "
+        "bloom-7b1 in fp32 is 28 GB)")
+    save_minutes: float = option(
+        30, "write a checkpoint after this many minutes of training (and on the time limit's "
+        "warning, see the .slurm job), not every epoch: a workshop run of a few minutes then "
+        "writes none, and a preempted long run loses at most this much")
+    length_multiple: int | None = option(
+        None, "without --pad_to_max_length, batches are padded to a multiple of this. Unset: 8, "
+        "which suits the GPU's matrix units; 64 with compiled blocks, which record a CUDA graph "
+        "per length (at most 8 lengths up to 512)")
+
+
+# The workshop's training settings (TrainingArguments' own defaults for the rest).
+TRAINING_DEFAULTS = dict(
+    output_dir="./bloom-qa-finetuned",
+    eval_strategy="epoch",
+    save_strategy="no",  # checkpoints by time instead (save_minutes above), and on request
+    save_total_limit=2,  # a checkpoint of bloom-560m with its AdamW state is about 6.3 GB
+    per_device_train_batch_size=4,
+    per_device_eval_batch_size=4,
+    gradient_accumulation_steps=4,  # 4 x 4 = 16 sequences per optimizer step on each GPU
+    num_train_epochs=3,
+    learning_rate=5e-5,
+    weight_decay=0.01,
+    fp16=True,  # mixed precision on the GPU; the CPU trains in fp32 (config.device_defaults)
+    push_to_hub=False,
+    logging_steps=1,  # every optimizer step: exact per-epoch train loss, full loss curves
+    report_to="none",
+    seed=42,
+    ddp_timeout=90,  # seconds a collective may wait: a lost node ends the job in ~2 minutes
+    # (the multi-node job passes its COLLECTIVE_TIMEOUT)
+)
+# "Making it fast" (README): the same 16 sequences per optimizer step, the same loss, less work.
+FAST_PATH = dict(
+    pad_to_max_length=False,  # pad each batch to its longest prompt (~220 tokens), not to 512
+    train_sampling_strategy="group_by_length",  # batches of similar lengths: little padding left
+    per_device_train_batch_size=16,  # one large micro-batch keeps the GPU busy ...
+    gradient_accumulation_steps=1,  # ... instead of four small ones
+    per_device_eval_batch_size=16,
+    optim="adamw_torch_fused",  # one kernel for the whole optimizer step
+    bf16=True, fp16=False,  # fp16's speed without loss scaling, where the GPU has bf16
+)  # and SDPA attention and a loss without full-vocabulary logits (workshop/fast_path.py)
+# Compiled blocks pay for their compiling from about this many optimizer steps on (measured on
+# an H200: docs/results.md, Making it fast); shorter runs take the eager fast path.
+COMPILE_PAYS_FROM_STEPS = 140
+COMPILED_LENGTH_MULTIPLE = 64  # see length_multiple above
+LENGTH_MULTIPLE = 8
+
+
+def compile_blocks_refusal(zero_stage, gradient_accumulation_steps):
+    """Why --compile_blocks cannot run with this ZeRO stage and accumulation, or None."""
+    if zero_stage == 3:  # not made to work: ZeRO-3's hooks gather each layer's partitioned
+        # weights around its forward, inside what would be compiled
+        return "--compile_blocks True is not supported with ZeRO-3 here: use --compile_blocks False"
+    if gradient_accumulation_steps > 1:  # on an H100, the CUDA graphs' replay of a later
+        # micro-batch overwrote what an earlier one's backward needed
+        return ("--compile_blocks True needs --gradient_accumulation_steps 1: its CUDA graphs "
+                "reuse their memory for every micro-batch")
+    return None
+
+
+def compiling_pays(zero_stage, batch, accumulation, samples, epochs, max_steps=-1, ranks=1):
+    """Whether the fast path compiles its blocks by default: it can (above), and the run takes
+    enough optimizer steps (per rank) to pay for compiling."""
+    steps = max_steps if max_steps > 0 else int(epochs * -(-samples // (batch * accumulation * ranks)))
+    return (compile_blocks_refusal(zero_stage, accumulation) is None
+            and steps >= COMPILE_PAYS_FROM_STEPS)
