@@ -1,14 +1,17 @@
-# make setup   one virtual environment (.venv) with requirements.txt
+# make setup   one virtual environment (.venv): requirements.txt, the workshop package, and
+#              DeepSpeed's CPU ops built once (on a machine without a GPU: the demo and the tests)
 # make demo    all four stages on CPU with a tiny BLOOM (no GPU, no download), then the tables
 # make test    the test suite (CPU, offline; the SLURM tests need root and Debian's slurm packages)
 PYTHON ?= python3
 VENV := .venv
 
 setup: $(VENV)/installed
-$(VENV)/installed: requirements.txt
+$(VENV)/installed: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
 	$(VENV)/bin/pip install --quiet -r requirements.txt
+	$(VENV)/bin/pip install --quiet --no-build-isolation --no-deps -e .
+	$(VENV)/bin/python -m workshop.build_ops
 	touch $@
 
 demo: setup
