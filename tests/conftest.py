@@ -1,6 +1,10 @@
-"""Shared fixtures: a tiny BLOOM, its tokenizer and SQuAD-format data, built once per session."""
+"""Shared fixtures: a tiny BLOOM, its tokenizer and SQuAD-format data, and the stages' runs on
+it, each made once for the whole test session, whichever test file asks first."""
+import contextlib
+import io
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +17,7 @@ DEEPSPEED_STAGES = STAGES[1:]
 # DeepSpeed's launcher: beside this Python (a venv), else on the PATH (packages installed elsewhere)
 DEEPSPEED = (str(Path(sys.executable).with_name("deepspeed"))
              if Path(sys.executable).with_name("deepspeed").is_file() else shutil.which("deepspeed"))
+EPOCHS = 2
 
 # Offline, quiet, deterministic: the tests never reach the hub.
 os.environ.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
@@ -49,3 +54,93 @@ def tiny_args(tiny, **overrides):
                 use_cpu=True)
     args.update(overrides)
     return [x for k, v in args.items() for x in (f"--{k}", str(v))]
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_stage(stage, tiny, output_dir, launcher_ranks=None, extra=(), **overrides):
+    """Run a stage's train.py for real, in its own process(es); returns the completed process."""
+    args = tiny_args(tiny, output_dir=output_dir, num_train_epochs=EPOCHS, **overrides) + list(extra)
+    if launcher_ranks is None:
+        cmd = [sys.executable, "train.py", *args]
+    else:
+        cmd = [DEEPSPEED, "--num_gpus", str(launcher_ranks),
+               "--master_port", str(free_port()), "train.py", *args]
+    return subprocess.run(cmd, cwd=ROOT / stage, capture_output=True, text=True, timeout=600)
+
+
+FAST = ["--fast_path", "True"]
+RUNS = {  # name: (stage, deepspeed ranks or None, extra train.py arguments)
+    "baseline": ("baseline", None, []),
+    "zero0": ("deepspeed-single-gpu", 1, ["--deepspeed", "ds_config.json"]),
+    "zero1": ("deepspeed-single-gpu", 1, ["--deepspeed", "ds_zero1.json"]),
+    "zero2": ("deepspeed-single-gpu", 1, ["--deepspeed", "ds_zero2.json"]),
+    "zero3": ("deepspeed-single-gpu", 1, ["--deepspeed", "ds_zero3.json"]),
+    "zero2_offload": ("deepspeed-single-gpu", 1, ["--deepspeed", "ds_zero2_offload.json"]),
+    "zero3_offload": ("deepspeed-single-gpu", 1, ["--deepspeed", "ds_zero3_offload.json"]),
+    "zero2_2ranks": ("deepspeed-multi-gpu", 2, ["--deepspeed", "ds_zero2.json"]),
+    "zero3_2ranks": ("deepspeed-multi-gpu", 2, ["--deepspeed", "ds_zero3.json"]),
+    "zero3_offload_2ranks": ("deepspeed-multi-gpu", 2, ["--deepspeed", "ds_zero3_offload.json"]),
+    # the fast path in the workshop's sample order (only the batching differs) and grouped by length
+    "fast_same_order": ("baseline", None, FAST + ["--train_sampling_strategy", "random"]),
+    "fast": ("baseline", None, FAST),
+    "zero2_fast_same_order": ("deepspeed-single-gpu", 1, ["--deepspeed", "ds_zero2.json"] + FAST
+                              + ["--train_sampling_strategy", "random"]),
+    # and with its blocks and loss compiled (on a GPU the fast path's default)
+    "fast_compiled_same_order": ("baseline", None, FAST + [
+        "--compile_blocks", "True", "--train_sampling_strategy", "random"]),
+    "zero2_fast_compiled_same_order": ("deepspeed-single-gpu", 1, ["--deepspeed", "ds_zero2.json"]
+                                       + FAST + ["--compile_blocks", "True",
+                                                 "--train_sampling_strategy", "random"]),
+}
+
+
+@pytest.fixture(scope="session")
+def runs(tiny, tmp_path_factory):
+    """runs(name) -> (output dir, completed process) of RUNS[name], made once per session.
+    runs(name, stopped=True): the same run stopped on request after step 1 (exit 75, its
+    checkpoint-1 to resume); copy it before changing it."""
+    made = {}
+
+    def get(name, stopped=False):
+        if (name, stopped) not in made:
+            stage, ranks, extra = RUNS[name]
+            out = tmp_path_factory.mktemp(f"{name}-stopped" if stopped else name)
+            if stopped:
+                (out / "save-and-stop").touch()
+            made[name, stopped] = out, run_stage(stage, tiny, out, ranks, extra)
+            if stopped:
+                (out / "save-and-stop").unlink()
+        return made[name, stopped]
+    return get
+
+
+def in_process(argv, stage="baseline"):
+    """train.py's main() in this process, in the stage's folder (a refusal costs no new
+    interpreter): returns (exit status, stdout, stderr). The modules are the baseline's (the
+    stages' copies are identical but for config.py's default DeepSpeed config, which an
+    in-process test names with --deepspeed)."""
+    if str(ROOT / "baseline") not in sys.path:
+        sys.path.insert(0, str(ROOT / "baseline"))
+    import train
+    out, err = io.StringIO(), io.StringIO()
+    saved_argv, saved_cwd = sys.argv, os.getcwd()
+    sys.argv = [str(ROOT / stage / "train.py"), *map(str, argv)]
+    os.chdir(ROOT / stage)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                train.main()
+                code = 0
+            except SystemExit as e:
+                code = 0 if e.code is None else e.code if isinstance(e.code, int) else 1
+                if isinstance(e.code, str):
+                    print(e.code, file=sys.stderr)
+    finally:
+        sys.argv = saved_argv
+        os.chdir(saved_cwd)
+    return code, out.getvalue(), err.getvalue()

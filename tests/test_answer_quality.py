@@ -1,4 +1,4 @@
-"""SQuAD exact match and F1 (answer_quality.py) against hand-worked examples, and the whole
+"""SQuAD exact match and F1 (workshop/answers.py) against hand-worked examples, and the whole
 path on the tiny model: scores before and after fine-tuning in run_metrics.json, the answers
 in answers.jsonl, the same scores again from the saved model folder on its own."""
 import json
@@ -8,9 +8,7 @@ import sys
 import pytest
 
 from conftest import ROOT, tiny_args
-
-sys.path.insert(0, str(ROOT / "baseline"))
-from answer_quality import exact_match, f1, normalize_answer, squad_scores  # noqa: E402
+from workshop.answers import exact_match, f1, normalize_answer, squad_scores
 
 
 @pytest.mark.parametrize("text, normalized", [
@@ -46,12 +44,14 @@ def test_best_reference_counts_then_mean_over_questions():
 
 @pytest.fixture(scope="module")
 def same_answer_data(tiny, tmp_path_factory):
-    """The tiny data with one answer, "Tesk", to every question: learnable in 80 steps."""
+    """The tiny data with one answer, "Tesk", to every question (and in every context, as an
+    answer must be): learnable in 80 steps."""
     data = tmp_path_factory.mktemp("same-answer")
     for split in ("train", "validation"):
         rows = [json.loads(line) for line in (tiny / "data" / f"{split}.jsonl").read_text().splitlines()]
         (data / f"{split}.jsonl").write_text("".join(
-            json.dumps({**row, "answers": {"text": ["Tesk"], "answer_start": [0]}}) + "\n" for row in rows))
+            json.dumps({**row, "context": row["context"] + " Tesk", "answers": {
+            "text": ["Tesk"], "answer_start": [len(row["context"]) + 1]}}) + "\n" for row in rows))
     return data
 
 
@@ -74,7 +74,7 @@ def test_fine_tuning_teaches_the_answer_and_the_saved_folder_scores_the_same(tin
     written = (out / "answers.jsonl").read_bytes()
     # the script on its own takes the run's data, rows and length from its run_metrics.json,
     # and leaves the run's answers.jsonl as it was
-    proc = subprocess.run([sys.executable, "answer_quality.py", str(out)], cwd=ROOT / "baseline",
+    proc = subprocess.run([sys.executable, "-m", "workshop.answers", str(out)], cwd=ROOT,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.startswith(f"exact match 100.0  F1 100.0  (8 validation questions of "
@@ -85,7 +85,7 @@ def test_fine_tuning_teaches_the_answer_and_the_saved_folder_scores_the_same(tin
 
 
 def test_the_script_refuses_a_folder_without_a_model(tmp_path):
-    proc = subprocess.run([sys.executable, "answer_quality.py", str(tmp_path)], cwd=ROOT / "baseline",
+    proc = subprocess.run([sys.executable, "-m", "workshop.answers", str(tmp_path)], cwd=ROOT,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1 and proc.stderr.strip() == (
         f"error: {tmp_path} holds no saved model (no config.json): give a finished run's folder")

@@ -1,7 +1,6 @@
 """Bad input gets a one-line reason naming the option or file and what to do, a non-zero exit,
 no traceback, before any training step; nothing a user saved is changed. Never silently
 wrong: a run that would train on something else than asked is refused, not run."""
-import importlib.util
 import json
 import os
 import re
@@ -12,23 +11,23 @@ import time
 
 import pytest
 
-from conftest import DEEPSPEED, ROOT, tiny_args
-from test_stages import free_port
+from conftest import DEEPSPEED, ROOT, free_port, in_process, tiny_args
 
-# baseline/config.py itself, for the options checked where they are parsed (no subprocess:
-# a refusal through train.py is tested end to end below, for each way a run can be refused)
-_spec = importlib.util.spec_from_file_location("baseline_config", ROOT / "baseline" / "config.py")
-config = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(config)
+sys.path.insert(0, str(ROOT / "baseline"))
+import config  # noqa: E402  the baseline's: options are checked where they are parsed
 
 
-def train(stage, tiny, tmp_path, *extra, launcher=False, **overrides):
+def train(stage, tiny, tmp_path, *extra, launcher=False, own_process=False, **overrides):
+    """train.py on these arguments: in this process (in_process), or end to end in its own
+    (own_process: python train.py) or through DeepSpeed's launcher, for the exit status."""
     args = tiny_args(tiny, output_dir=tmp_path / "out", **overrides) + list(extra)
-    cmd = ([DEEPSPEED, "--num_gpus", "1",
-            "--master_port", str(free_port())] if launcher else [sys.executable])
     start = time.monotonic()
-    proc = subprocess.run(cmd + ["train.py"] + args, cwd=ROOT / stage, capture_output=True,
-                          text=True, timeout=300)
+    if launcher or own_process:
+        cmd = [DEEPSPEED, "--num_gpus", "1", "--master_port", str(free_port())] if launcher else [sys.executable]
+        proc = subprocess.run(cmd + ["train.py"] + args, cwd=ROOT / stage, capture_output=True,
+                              text=True, timeout=300)
+    else:
+        proc = subprocess.CompletedProcess(args, *in_process(args, stage))
     proc.seconds = time.monotonic() - start
     return proc
 
@@ -175,37 +174,16 @@ def test_output_folder_holding_another_models_checkpoints(tiny, tmp_path):
     assert (other / "config.json").is_file()  # nothing of the user's is touched
 
 
-# train.py started as `python train.py`, on a machine that reports a CUDA GPU of the given
-# compute capability (this CPU machine has none; nothing else of CUDA is touched before the check)
-OLD_GPU = """
-import sys, torch
-torch.cuda.is_available = lambda: True
-torch.cuda.get_device_capability = lambda device=None: (5, 2)
-torch.cuda.get_device_name = lambda device=None: "Tesla M60"
-sys.argv[0] = "train.py"
-import train
-train.main()
-"""
-
-
-def test_fp16_on_a_gpu_without_it(tiny, tmp_path):
-    args = tiny_args(tiny, output_dir=tmp_path / "out", use_cpu=False) + ["--fp16", "True"]
-    proc = subprocess.run([sys.executable, "-c", OLD_GPU, *args], cwd=ROOT / "baseline",
-                          capture_output=True, text=True, timeout=300)
-    assert_refused(proc, "fp16", "compute capability 6.0", "Tesla M60", "5.2")
+def test_fp16_on_a_gpu_without_it(tiny, tmp_path, monkeypatch):
+    """On a machine that reports a CUDA GPU of compute capability 5.2 (this CPU machine has
+    none; nothing else of CUDA is touched before the check)."""
+    import torch
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (5, 2))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Tesla M60")
+    assert_refused(train("baseline", tiny, tmp_path, "--fp16", "True", use_cpu=False),
+                   "fp16", "compute capability 6.0", "Tesla M60", "5.2")
     assert not (tmp_path / "out").exists()
-
-
-FITTED = """
-import json, sys
-from transformers import AutoTokenizer
-from data_loader import fitted_ids, load_split
-tokenizer = AutoTokenizer.from_pretrained(sys.argv[1])
-rows = load_split(sys.argv[2], "train", 32)
-print(json.dumps([[tokenizer.decode(fitted_ids(tokenizer, row, int(sys.argv[3]),
-                                               row["answers"]["text"][0])[0]), row["question"],
-                   row["answers"]["text"][0]] for row in rows]))
-"""
 
 
 def test_prompt_longer_than_max_length_loses_the_end_of_its_context(tiny, tmp_path):
@@ -217,10 +195,12 @@ def test_prompt_longer_than_max_length_loses_the_end_of_its_context(tiny, tmp_pa
     assert [(split, int(n)) for split, _, n in counts] == [("train", 32), ("validation", 8)]
     metrics = json.loads((tmp_path / "out" / "run_metrics.json").read_text())
     assert metrics["shortened_contexts"] == {split: int(k) for split, k, _ in counts}
-    proc = subprocess.run([sys.executable, "-c", FITTED, str(tiny / "model"), str(tiny / "data"), "40"],
-                          cwd=ROOT / "baseline", capture_output=True, text=True, timeout=120)
-    texts = json.loads(proc.stdout)
-    for text, question, answer in texts:
+    from transformers import AutoTokenizer
+    from workshop.squad import fitted_ids, load_split
+    tokenizer = AutoTokenizer.from_pretrained(tiny / "model")
+    for row in load_split(tiny / "data", "train", 32):
+        question, answer = row["question"], row["answers"]["text"][0]
+        text = tokenizer.decode(fitted_ids(tokenizer, row, 40, answer)[0])
         assert text.startswith(f"Question: {question} Context: ")
         assert text.endswith(f" Answer: {answer}</s>")
 
@@ -240,7 +220,9 @@ def test_numbers_out_of_range(tiny, tmp_path, option, value):
 
 
 def test_a_number_out_of_range_through_train_py(tiny, tmp_path):
-    assert_refused(train("baseline", tiny, tmp_path, num_train_epochs=0), "--num_train_epochs 0")
+    """End to end, for the exit status and the last line."""
+    assert_refused(train("baseline", tiny, tmp_path, num_train_epochs=0, own_process=True),
+                   "--num_train_epochs 0")
     assert not (tmp_path / "out").exists()
 
 
@@ -258,11 +240,11 @@ def test_output_dir_that_is_a_file(tiny, tmp_path):
 def test_an_abbreviated_option_means_what_the_full_name_means(tiny, tmp_path):
     """The fast path's defaults are a layer under the command line, whatever its spelling."""
     for spelling in (["--per_device_train_b", "8"], ["--per_device_train_batch_size=8"]):
-        args, training_args = parsed(tiny, tmp_path, "--fast_path", "True", *spelling)
-        assert args.fast_path and training_args.per_device_train_batch_size == 8
-        assert training_args.gradient_accumulation_steps == 1  # the fast path's, not given
-    args, training_args = parsed(tiny, tmp_path, "--fast_p", "True")
-    assert training_args.per_device_train_batch_size == 16 and args.pad_to_max_length is False
+        args, settings, _ = parsed(tiny, tmp_path, "--fast_path", "True", *spelling)
+        assert args.fast_path and settings["per_device_train_batch_size"] == 8
+        assert settings["gradient_accumulation_steps"] == 1  # the fast path's, not given
+    args, settings, _ = parsed(tiny, tmp_path, "--fast_p", "True")
+    assert settings["per_device_train_batch_size"] == 16 and args.pad_to_max_length is False
 
 
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has a GPU")
@@ -298,16 +280,13 @@ def test_folder_that_is_not_a_model(tiny, tmp_path):
 
 
 # ------------------------------------------------------------------ the output folder, resuming
-@pytest.fixture(scope="module")
-def stopped_run(tiny, tmp_path_factory):
-    """A baseline run stopped on request after step 1: checkpoint-1, to resume."""
-    folder = tmp_path_factory.mktemp("stopped")
-    (folder / "out").mkdir()
-    (folder / "out" / "save-and-stop").touch()
-    proc = train("baseline", tiny, folder)
+@pytest.fixture
+def stopped_run(runs):
+    """The baseline's run stopped on request after step 1: checkpoint-1, to resume (the
+    session's; tests change copies of it)."""
+    out, proc = runs("baseline", stopped=True)
     assert proc.returncode == 75, proc.stderr[-3000:]
-    (folder / "out" / "save-and-stop").unlink()
-    return folder / "out"
+    return out
 
 
 def copy_of(run, tmp_path):
@@ -319,9 +298,10 @@ def files_of(folder):
     return {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
 
 
-def test_finished_run_is_not_run_again(tiny, tmp_path):
-    first = train("baseline", tiny, tmp_path, num_train_epochs=1)
+def test_finished_run_is_not_run_again(tiny, tmp_path, runs):
+    finished, first = runs("baseline")
     assert first.returncode == 0, first.stderr[-3000:]
+    copy_of(finished, tmp_path)
     before = files_of(tmp_path / "out")
     assert_refused(train("baseline", tiny, tmp_path, learning_rate=1e-3), "holds a finished run",
                    str(tmp_path / "out" / "run_metrics.json"), "another --output_dir")

@@ -1,10 +1,9 @@
-"""baseline/fast_path.py computes what stock (eager) BLOOM computes: on CPU, fp32, a tiny model.
+"""workshop/fast_path.py computes what stock (eager) BLOOM computes: on CPU, fp32, a tiny model.
 
 Relative errors are max|fast - stock| / max|stock| over the compared values; `pytest -s`
 prints each one measured.
 """
 import copy
-import importlib.util
 import os
 import socket
 import subprocess
@@ -16,13 +15,8 @@ import torch
 from transformers import BloomConfig, BloomForCausalLM, Trainer, TrainingArguments
 from transformers import default_data_collator
 
-# loaded from its file: putting baseline/ on sys.path would shadow other stages' config, model...
-_spec = importlib.util.spec_from_file_location(
-    "fast_path", Path(__file__).resolve().parents[1] / "baseline" / "fast_path.py")
-fast_path = importlib.util.module_from_spec(_spec)
-sys.modules["fast_path"] = fast_path  # torch.compile looks the module up by name
-_spec.loader.exec_module(fast_path)
-enable_fast_path = fast_path.enable_fast_path
+from workshop import fast_path
+from workshop.fast_path import enable_fast_path
 
 VOCAB, PAD, CHUNK = 1000, 0, 16  # chunks of 16 targets: several per batch, the last one partial
 
@@ -58,14 +52,21 @@ def rel_err(fast, stock):
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
-def test_sdpa_attention_matches_eager(seed):
+def test_sdpa_attention_matches_eager(seed, monkeypatch):
+    """Without labels and without a key/value cache (a call with a cache takes the stock
+    attention), every block's attention runs through SDPA, counted, and matches eager."""
     stock, fast = stock_and_fast()
     batch = random_batch(seed)
-    inputs = dict(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    inputs = dict(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
     tokens = batch["attention_mask"].bool()
+    calls = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention",
+                        lambda *a, **k: calls.append(1) or sdpa(*a, **k))
     with torch.no_grad():
         want = stock(**inputs, output_hidden_states=True)
         got = fast(**inputs, output_hidden_states=True)  # no labels: stock head, SDPA attention
+        assert len(calls) == fast.config.n_layer, calls  # SDPA ran in every block
         errors = [rel_err(g[tokens], w[tokens]) for g, w in zip(got.hidden_states, want.hidden_states)]
         errors.append(rel_err(got.logits[tokens], want.logits[tokens]))
         # asking for the attention probabilities falls back to eager attention
@@ -74,6 +75,7 @@ def test_sdpa_attention_matches_eager(seed):
     print(f"SDPA vs eager, hidden states and logits: max rel err {max(errors):.2e}")
     assert max(errors) < 1e-5
     assert all(torch.equal(g, w) for g, w in probabilities)
+    assert len(calls) == fast.config.n_layer  # not one more: eager attention there
 
 
 @pytest.mark.parametrize("num_items", [None, "exact", "accumulated"])

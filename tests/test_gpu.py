@@ -10,8 +10,7 @@ import sys
 import pytest
 import torch
 
-from conftest import DEEPSPEED, ROOT, tiny_args
-from test_stages import free_port
+from conftest import DEEPSPEED, ROOT, free_port, tiny_args
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 

@@ -3,34 +3,61 @@ ZeRO 0-3 and offload with the deepspeed launcher at one and two ranks (gloo on C
 import filecmp
 import json
 import re
-import socket
+import shutil
 import subprocess
 import sys
 
 import pytest
 
-from conftest import DEEPSPEED, DEEPSPEED_STAGES, ROOT, STAGES, tiny_args
+from conftest import DEEPSPEED_STAGES, EPOCHS, ROOT, RUNS, STAGES, run_stage
+from workshop.answers import squad_scores
 
-sys.path.insert(0, str(ROOT / "baseline"))
-from answer_quality import squad_scores  # noqa: E402
-
-SHARED_BY_ALL = ["model.py", "data_loader.py", "train.py", "fast_path.py", "answer_quality.py",
-                 "bookkeeping.py"]
+LESSON = ["model.py", "data_loader.py", "train.py", "config.py"]
 SHARED_BY_DEEPSPEED = ["config.py", "ds_config.json", "ds_zero1.json", "ds_zero2.json",
                        "ds_zero3.json", "ds_zero2_offload.json", "ds_zero3_offload.json"]
 # every field docs/metrics.md documents for schema version 2: the names in its table's first column
 METRICS_FIELDS = {name for cell in re.findall(r"^\| ([^|]+) \|", (ROOT / "docs" / "metrics.md").read_text(), re.M)
                   for name in re.findall(r"`([a-z_0-9]+)`", cell)}
-EPOCHS = 2
 
 
-def test_shared_files_are_identical_copies():
-    for name in SHARED_BY_ALL:
+def test_lesson_files_are_identical_copies_and_the_stage_holds_nothing_else():
+    """`diff -r baseline deepspeed-single-gpu` shows what a stage teaches: the lesson's four
+    files are copies (config.py differs in the DeepSpeed default alone); the rest of a stage
+    folder is its DeepSpeed configs and its job; everything else is the workshop package's."""
+    for name in LESSON[:3]:
         for stage in STAGES[1:]:
             assert filecmp.cmp(ROOT / "baseline" / name, ROOT / stage / name, shallow=False), (stage, name)
     for name in SHARED_BY_DEEPSPEED:
         for stage in DEEPSPEED_STAGES[1:]:
             assert filecmp.cmp(ROOT / DEEPSPEED_STAGES[0] / name, ROOT / stage / name, shallow=False), (stage, name)
+    for stage in STAGES:
+        files = {p.name for p in (ROOT / stage).iterdir() if p.is_file() and p.name != ".gitignore"}
+        assert files - set(LESSON) - set(SHARED_BY_DEEPSPEED) <= {f"{stage}.slurm", "run_node.sh"}, files
+        python = sum(len((ROOT / stage / name).read_text().splitlines()) for name in LESSON)
+        assert python <= 450 and len((ROOT / stage / "train.py").read_text().splitlines()) <= 80
+
+
+def test_importing_train_py_changes_nothing():
+    """No signal handler, no environment variable, no process group: the run's context does
+    that when train.py runs. (torch's compiler notes its default cache folder in the
+    environment as it is imported: the libraries are imported first.)"""
+    probe = """
+import os, signal, sys
+sys.path.insert(0, sys.argv[1])
+import deepspeed, torch, transformers.trainer
+handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)}
+environment = dict(os.environ)
+import train
+import torch.distributed as dist
+assert handlers == {s: signal.getsignal(s) for s in handlers}, "signal handlers changed"
+assert environment == dict(os.environ), set(os.environ.items()) ^ set(environment.items())
+assert not dist.is_initialized()
+print("unchanged")
+"""
+    for stage in ("baseline", "deepspeed-single-gpu"):
+        proc = subprocess.run([sys.executable, "-c", probe, str(ROOT / stage)], capture_output=True,
+                              text=True, timeout=120, cwd=ROOT / stage)
+        assert proc.stdout.strip().splitlines()[-1:] == ["unchanged"], proc.stderr[-2000:]
 
 
 def test_deepspeed_stage_config_differs_from_baseline_only_in_the_deepspeed_default():
@@ -38,7 +65,7 @@ def test_deepspeed_stage_config_differs_from_baseline_only_in_the_deepspeed_defa
     deepspeed = (ROOT / "deepspeed-single-gpu" / "config.py").read_text().splitlines()
     changed = [(a, b) for a, b in zip(baseline, deepspeed) if a != b]
     assert len(baseline) == len(deepspeed) and len(changed) == 1
-    assert changed[0][1].strip().startswith("deepspeed=") and "ds_config.json" in changed[0][1]
+    assert changed[0][1].startswith('DEEPSPEED_CONFIG = "ds_config.json"'), changed
 
 
 def load_config(name):
@@ -73,66 +100,9 @@ def test_deepspeed_configs_load_and_differ_only_where_they_teach(name):
     DeepSpeedConfig(resolved)  # DeepSpeed's own validation of every key
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def run_stage(stage, tiny, output_dir, launcher_ranks=None, extra=(), **overrides):
-    """Run a stage's train.py for real; returns the completed process."""
-    args = tiny_args(tiny, output_dir=output_dir, num_train_epochs=EPOCHS, **overrides) + list(extra)
-    if launcher_ranks is None:
-        cmd = [sys.executable, "train.py", *args]
-    else:
-        cmd = [DEEPSPEED, "--num_gpus", str(launcher_ranks),
-               "--master_port", str(free_port()), "train.py", *args]
-    return subprocess.run(cmd, cwd=ROOT / stage, capture_output=True, text=True, timeout=600)
-
-
-FAST = ["--fast_path", "True"]
-RUNS = {  # name: (stage, deepspeed ranks or None, extra train.py arguments)
-    "baseline": ("baseline", None, []),
-    "zero0": ("deepspeed-single-gpu", 1, ["--deepspeed", "ds_config.json"]),
-    "zero1": ("deepspeed-single-gpu", 1, ["--deepspeed", "ds_zero1.json"]),
-    "zero2": ("deepspeed-single-gpu", 1, ["--deepspeed", "ds_zero2.json"]),
-    "zero3": ("deepspeed-single-gpu", 1, ["--deepspeed", "ds_zero3.json"]),
-    "zero2_offload": ("deepspeed-single-gpu", 1, ["--deepspeed", "ds_zero2_offload.json"]),
-    "zero3_offload": ("deepspeed-single-gpu", 1, ["--deepspeed", "ds_zero3_offload.json"]),
-    "zero2_2ranks": ("deepspeed-multi-gpu", 2, ["--deepspeed", "ds_zero2.json"]),
-    "zero3_2ranks": ("deepspeed-multi-gpu", 2, ["--deepspeed", "ds_zero3.json"]),
-    "zero3_offload_2ranks": ("deepspeed-multi-gpu", 2, ["--deepspeed", "ds_zero3_offload.json"]),
-    # the fast path in the workshop's sample order (only the batching differs) and grouped by length
-    "fast_same_order": ("baseline", None, FAST + ["--train_sampling_strategy", "random"]),
-    "fast": ("baseline", None, FAST),
-    "zero2_fast_same_order": ("deepspeed-single-gpu", 1, ["--deepspeed", "ds_zero2.json"] + FAST
-                              + ["--train_sampling_strategy", "random"]),
-    # and with its blocks and loss compiled (on a GPU the fast path's default)
-    "fast_compiled_same_order": ("baseline", None, FAST + [
-        "--compile_blocks", "True", "--train_sampling_strategy", "random"]),
-    "zero2_fast_compiled_same_order": ("deepspeed-single-gpu", 1, ["--deepspeed", "ds_zero2.json"]
-                                       + FAST + ["--compile_blocks", "True",
-                                                 "--train_sampling_strategy", "random"]),
-}
-
-
 def deepspeed_config(name):
     extra = RUNS[name][2]
     return extra[extra.index("--deepspeed") + 1] if "--deepspeed" in extra else None
-
-
-@pytest.fixture(scope="module")
-def runs(tiny, tmp_path_factory):
-    """Each run made once, on first use: name -> (output dir, completed process)."""
-    made = {}
-
-    def get(name):
-        if name not in made:
-            stage, ranks, extra = RUNS[name]
-            out = tmp_path_factory.mktemp(name)
-            made[name] = out, run_stage(stage, tiny, out, ranks, extra)
-        return made[name]
-    return get
 
 
 def metrics_of(run, exit_status=0):
@@ -178,7 +148,7 @@ def test_fp32_deepspeed_at_one_rank_matches_the_plain_trainer(runs, name):
 RELOAD = """
 import sys, json
 from transformers import Trainer, TrainingArguments, default_data_collator
-from config import WorkshopArguments
+from workshop.settings import WorkshopArguments
 from data_loader import build_datasets
 from model import load_model
 out, model_dir, data = sys.argv[1:4]
@@ -215,8 +185,8 @@ def test_answer_quality_before_and_after_matches_the_answers_and_the_saved_model
     assert len(answers) == 8
     em, f = squad_scores([a["answer"] for a in answers], [a["references"] for a in answers])
     assert (em, f) == (quality["after"]["exact_match"], quality["after"]["f1"])
-    proc = subprocess.run([sys.executable, "answer_quality.py", str(out)],
-                          cwd=ROOT / RUNS[name][0], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([sys.executable, "-m", "workshop.answers", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     again = [json.loads(line) for line in (out / "answers-rescored.jsonl").read_text().splitlines()]
     assert [a["answer"] for a in again] == [a["answer"] for a in answers]
@@ -248,9 +218,8 @@ def test_stopped_on_request_and_resumed_ends_as_the_uninterrupted_run(runs, tiny
     the uninterrupted run ends. A checkpoint cut off while being written is skipped, not used,
     not deleted; the good one it would have followed is left as it was."""
     stage, ranks, extra = RUNS[name]
-    request = tmp_path / "save-and-stop"
-    request.touch()
-    first = run_stage(stage, tiny, tmp_path, ranks, extra)
+    stopped_run, first = runs(name, stopped=True)  # the save-and-stop file was there from the start
+    shutil.copytree(stopped_run, tmp_path, dirs_exist_ok=True)
     stopped = metrics_of((tmp_path, first), exit_status=75)  # the jobs requeue on 75
     assert stopped["status"] == "stopped_on_request" and stopped["stopped_on_request_at_step"] == 1
     assert "stopped on request" in first.stdout
@@ -260,12 +229,12 @@ def test_stopped_on_request_and_resumed_ends_as_the_uninterrupted_run(runs, tiny
     cut_off = tmp_path / "checkpoint-3"  # as a job killed while writing it leaves it
     cut_off.mkdir()
     (cut_off / "model.safetensors").write_bytes(b"\0" * 100)
-    request.unlink()  # the job script removes it before starting train.py
 
     second = run_stage(stage, tiny, tmp_path, ranks, extra)
     resumed, uninterrupted = metrics_of((tmp_path, second)), metrics_of(runs(name))
     assert f"skipping incomplete checkpoint {cut_off}" in second.stdout
     assert f"resuming from {good} (step 1)" in second.stdout
+    assert not (tmp_path / ".run-lock").exists()  # the run let go of its output folder
     assert resumed["status"] == "complete" and resumed["stopped_on_request_at_step"] is None
     assert resumed["answer_quality"] == uninterrupted["answer_quality"]  # "before" kept across
     assert [e["epoch"] for e in resumed["epochs"]] == list(range(1, EPOCHS + 1))

@@ -57,10 +57,14 @@ def use_compile_caches():
     COMPILE_CACHE (the .slurm jobs set it; CLUSTER: shared storage) holds them; an explicit
     TORCHINDUCTOR_CACHE_DIR or TORCH_EXTENSIONS_DIR wins. A folder that cannot be written is a
     warning, and this job compiles into a temporary folder instead."""
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
     base = Path(os.environ.get("COMPILE_CACHE", Path.home() / ".cache" / "bloom-workshop"))
     for variable, name in (("TORCHINDUCTOR_CACHE_DIR", "inductor"),
                            ("TORCH_EXTENSIONS_DIR", "torch_extensions")):
-        folder = Path(os.environ.get(variable, base / environment_key() / name))
+        explicit = os.environ.get(variable)
+        if explicit == os.path.abspath(default_cache_dir()):  # torch's own, set as it imports
+            explicit = None
+        folder = Path(explicit or base / environment_key() / name)
         try:
             folder.mkdir(parents=True, exist_ok=True)
             tempfile.TemporaryFile(dir=folder).close()
