@@ -16,8 +16,9 @@ from types import SimpleNamespace
 import torch
 from transformers import TrainingArguments
 
-from workshop.checks import Parser, check_values
+from workshop.checks import Parser, check_deepspeed_config, check_values
 from workshop.deepspeed_config import read_deepspeed_config
+from workshop.run import start_cpu_ranks
 from workshop.settings import (COMPILED_LENGTH_MULTIPLE, FAST_PATH, LENGTH_MULTIPLE,
                                TRAINING_DEFAULTS, WorkshopArguments, compiling_pays)
 
@@ -89,16 +90,8 @@ def training_arguments(settings):
     # for gloo, 10 for NCCL), so a lost node would hang the job that long.
     import torch.distributed.distributed_c10d as c10d
     c10d.default_pg_timeout = c10d.default_pg_nccl_timeout = timedelta(seconds=settings["ddp_timeout"])
-    if settings["use_cpu"] and settings["deepspeed"]:
-        # DeepSpeed's CPU accelerator on gloo: DeepSpeed would ask for oneCCL, and HF for NCCL
-        os.environ.setdefault("DS_ACCELERATOR", "cpu")
-        import deepspeed
-        deepspeed.init_distributed(dist_backend="gloo", timeout=timedelta(seconds=settings["ddp_timeout"]))
-        settings = {**settings, "ddp_backend": "gloo"}
+    if settings["use_cpu"] and settings["deepspeed"]:  # DeepSpeed's ranks on gloo
+        settings = {**settings, **start_cpu_ranks(settings["ddp_timeout"])}
     training_args = TrainingArguments(**settings)  # with a DeepSpeed config: the process group
-    ds_config = getattr(training_args, "hf_deepspeed_config", None)  # HF fills in "auto" here
-    if ds_config and ds_config.mismatches:
-        raise ValueError(f"DeepSpeed config {training_args.deepspeed} contradicts the Trainer: "
-                         + "; ".join(m.lstrip("- ") for m in ds_config.mismatches)
-                         + ' (set those keys to "auto" or to the same values)')
+    check_deepspeed_config(training_args)  # as HF filled in its "auto" values from the settings
     return training_args

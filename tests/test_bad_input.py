@@ -5,6 +5,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -20,7 +21,7 @@ import config  # noqa: E402  the baseline's: options are checked where they are 
 def train(stage, tiny, tmp_path, *extra, launcher=False, own_process=False, **overrides):
     """train.py on these arguments: in this process (in_process), or end to end in its own
     (own_process: python train.py) or through DeepSpeed's launcher, for the exit status."""
-    args = tiny_args(tiny, output_dir=tmp_path / "out", **overrides) + list(extra)
+    args = tiny_args(tiny, **{"output_dir": tmp_path / "out", **overrides}) + list(extra)
     start = time.monotonic()
     if launcher or own_process:
         cmd = [DEEPSPEED, "--num_gpus", "1", "--master_port", str(free_port())] if launcher else [sys.executable]
@@ -34,7 +35,7 @@ def train(stage, tiny, tmp_path, *extra, launcher=False, own_process=False, **ov
 
 def parsed(tiny, tmp_path, *extra, **overrides):
     """config.parse_args on the baseline's command line: the settings, or the refusal's text."""
-    argv = tiny_args(tiny, output_dir=tmp_path / "out", **overrides) + list(extra)
+    argv = tiny_args(tiny, **{"output_dir": tmp_path / "out", **overrides}) + list(extra)
     try:
         return config.parse_args(argv)
     except (ValueError, SystemExit) as e:
@@ -365,3 +366,180 @@ def test_job_variables_that_are_not_numbers(stage, variable, value, words):
                           env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1 and proc.stderr.strip().splitlines()[-1] == f"error: {words}" \
         + (", e.g. GPUS=2" if variable == "GPUS" else ", e.g. 60"), proc.stdout + proc.stderr
+
+
+# ------------------------------------------------------------------ third round: new kinds
+@pytest.mark.parametrize("option, value", [
+    ("learning_rate", "nan"), ("learning_rate", "inf"), ("weight_decay", "nan"),
+    ("weight_decay", "inf")])
+def test_numbers_that_are_not_finite(tiny, tmp_path, option, value):
+    assert_refused_on_parsing(parsed(tiny, tmp_path, **{option: value}), f"--{option}", "must be a number")
+
+
+@pytest.mark.parametrize("option, value", [
+    ("train_samples", "abc"), ("per_device_train_batch_size", "3.5"), ("num_train_epochs", "three")])
+def test_a_word_where_a_number_is_expected(tiny, tmp_path, option, value):
+    assert_refused_on_parsing(parsed(tiny, tmp_path, **{option: value}), f"--{option}", repr(value))
+
+
+def test_an_option_given_twice(tiny, tmp_path):
+    """argparse keeps the last value without a word; a job that adds its own option to the
+    user's would then be silently overridden."""
+    assert_refused_on_parsing(parsed(tiny, tmp_path, "--learning_rate", "1e-4", "--learning_r", "1e-3"),
+                              "--learning_rate is given twice", "--learning_r")
+
+
+@pytest.mark.parametrize("folder", ["model", "data"])
+def test_output_folder_inside_what_the_run_reads(tiny, tmp_path, folder):
+    """Writing checkpoints and the model into the model folder would replace the model the run
+    started from."""
+    copy = shutil.copytree(tiny / folder, tmp_path / folder)
+    option = {"model": "model_name_or_path", "data": "dataset_name_or_path"}[folder]
+    result = parsed(tiny, tmp_path, output_dir=copy / "out" if folder == "data" else copy, **{option: copy})
+    assert_refused_on_parsing(result, "--output_dir", f"--{option}", "write over what it reads")
+
+
+def test_output_folder_that_is_a_stage_folder(tiny, tmp_path):
+    assert_refused_on_parsing(parsed(tiny, tmp_path, output_dir=ROOT / "baseline"), "is a stage folder")
+
+
+def test_resume_asked_with_nothing_to_resume(tiny, tmp_path):
+    """The Trainer would refuse too, after loading everything; --resume_from_checkpoint True
+    was dropped before and the run started afresh."""
+    assert_refused(train("baseline", tiny, tmp_path, resume_from_checkpoint=True),
+                   "--resume_from_checkpoint True", "no complete checkpoint")
+    assert not (tmp_path / "out").exists()
+
+
+def test_resume_from_a_path_that_is_not_a_checkpoint(tiny, tmp_path):
+    assert_refused_on_parsing(parsed(tiny, tmp_path, resume_from_checkpoint=tmp_path),
+                              "--resume_from_checkpoint", "no checkpoint there")
+
+
+def test_resume_from_another_runs_checkpoint_is_honoured_and_checked(tiny, tmp_path, stopped_run):
+    """A checkpoint of another folder: resumed from (it trained from step 0 before), with the
+    same settings check as a checkpoint of its own folder."""
+    checkpoint = stopped_run / "checkpoint-1"
+    assert_refused(train("baseline", tiny, tmp_path, learning_rate=1e-3, resume_from_checkpoint=checkpoint),
+                   str(checkpoint), "learning_rate=0.002 then, 0.001 now")
+    proc = train("baseline", tiny, tmp_path, resume_from_checkpoint=checkpoint, num_train_epochs=2)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"resuming from {checkpoint} (step 1)" in proc.stdout
+    assert json.loads((tmp_path / "out" / "run_metrics.json").read_text())["global_step"] == 4
+
+
+def test_resume_from_a_finished_runs_folder(tiny, tmp_path, runs):
+    finished, _ = runs("baseline")
+    assert_refused(train("baseline", tiny, tmp_path, resume_from_checkpoint=finished),
+                   "is a run's folder, not a checkpoint")
+
+
+def test_two_runs_in_one_output_folder(tiny, tmp_path):
+    """A live run's lock is refused, naming its host and process; a lock whose process is
+    gone is taken over, and said so."""
+    out = tmp_path / "out"
+    out.mkdir()
+    live = subprocess.Popen(["sleep", "60"])
+    try:
+        (out / ".run-lock").write_text(json.dumps(dict(host=socket.gethostname(), pid=live.pid, job=None)))
+        before = files_of(out)
+        assert_refused(train("baseline", tiny, tmp_path), "is in use by another run",
+                       f"process {live.pid} on {socket.gethostname()}")
+        assert files_of(out) == before
+    finally:
+        live.kill()
+        live.wait()
+    proc = train("baseline", tiny, tmp_path, num_train_epochs=1)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"taking over {out / '.run-lock'} from a run that is gone (process {live.pid}" in proc.stdout
+    assert not (out / ".run-lock").exists()
+
+
+def test_rows_whose_answer_is_not_in_their_context(tiny, tmp_path):
+    rows = good_rows(tiny)
+    for row in rows[:4]:  # more than 1%: the answers are in another field, say
+        row["answers"] = {"text": ["Nowhere"], "answer_start": [0]}
+    data = write_data(tmp_path, tiny, "".join(json.dumps(r) + "\n" for r in rows))
+    assert_refused(train("baseline", tiny, tmp_path, dataset_name_or_path=data),
+                   "train.jsonl", "4 of 32 rows", "rows 1, 2, 3, 4", "not in their context")
+
+
+def test_answer_start_that_does_not_point_at_the_answer_is_counted(tiny, tmp_path):
+    rows = good_rows(tiny)
+    rows[2]["answers"]["answer_start"] = [0]
+    data = write_data(tmp_path, tiny, "".join(json.dumps(r) + "\n" for r in rows))
+    proc = train("baseline", tiny, tmp_path, dataset_name_or_path=data, num_train_epochs=1)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "train.jsonl: 1 of 32 rows have an answer_start that does not point at the answer (rows 3)" in proc.stdout
+
+
+def test_data_file_that_is_not_utf8(tiny, tmp_path):
+    rows = good_rows(tiny)
+    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows[:5]) + \
+        json.dumps(dict(rows[5], context=rows[5]["context"] + " Café"), ensure_ascii=False) + "\n"
+    data = write_data(tmp_path, tiny, "")
+    (data / "train.jsonl").write_bytes(text.encode("latin-1"))
+    assert_refused(train("baseline", tiny, tmp_path, dataset_name_or_path=data),
+                   "train.jsonl is not UTF-8", "line 6", "iconv")
+
+
+def test_data_file_with_a_byte_order_mark_is_read(tiny, tmp_path):
+    data = write_data(tmp_path, tiny, "")
+    (data / "train.jsonl").write_bytes(b"\xef\xbb\xbf" + (tiny / "data" / "train.jsonl").read_bytes())
+    proc = train("baseline", tiny, tmp_path, dataset_name_or_path=data, num_train_epochs=1)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def test_squads_other_answer_layout_is_read(tiny, tmp_path):
+    """The original files' list of {text, answer_start} (as in a JSON list of rows)."""
+    rows = good_rows(tiny)
+    for row in rows:
+        row["answers"] = [dict(text=t, answer_start=s) for t, s in
+                          zip(row["answers"]["text"], row["answers"]["answer_start"])]
+    data = write_data(tmp_path, tiny, json.dumps(rows))
+    (data / "train.json").write_text((data / "train.jsonl").read_text())
+    (data / "train.jsonl").unlink()
+    proc = train("baseline", tiny, tmp_path, dataset_name_or_path=data, num_train_epochs=1)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def test_two_train_files_in_one_data_folder(tiny, tmp_path):
+    """A new train.json beside the old train.jsonl: which one trains was silently the first."""
+    data = write_data(tmp_path, tiny, (tiny / "data" / "train.jsonl").read_text())
+    (data / "train.json").write_text("[]")
+    assert_refused(train("baseline", tiny, tmp_path, dataset_name_or_path=data),
+                   "2 train files", "train.jsonl, train.json")
+
+
+def test_model_folder_without_tokenizer(tiny, tmp_path):
+    model = tmp_path / "model"
+    model.mkdir()
+    shutil.copy(tiny / "model" / "config.json", model)
+    shutil.copy(tiny / "model" / "model.safetensors", model)
+    assert_refused_on_parsing(parsed(tiny, tmp_path, model_name_or_path=model), "has no tokenizer",
+                              "tools/prepare.py")
+
+
+def test_model_config_that_is_not_json(tiny, tmp_path):
+    model = shutil.copytree(tiny / "model", tmp_path / "model")
+    (model / "config.json").write_text("{ cut off")
+    assert_refused_on_parsing(parsed(tiny, tmp_path, model_name_or_path=model), "config.json",
+                              "not a JSON object")
+
+
+def test_fast_path_on_a_model_that_is_not_bloom(tiny, tmp_path):
+    model = shutil.copytree(tiny / "model", tmp_path / "model")
+    config = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps({**config, "model_type": "gpt2"}))
+    assert_refused_on_parsing(parsed(tiny, tmp_path, "--fast_path", "True", model_name_or_path=model),
+                              "--fast_path True", "gpt2")
+
+
+def test_deepspeed_config_that_deepspeed_itself_refuses(tiny, tmp_path):
+    """Before: DeepSpeed's assertion traceback once the model had loaded."""
+    config = json.loads((ROOT / "deepspeed-single-gpu" / "ds_zero2_offload.json").read_text())
+    config["zero_optimization"]["offload_optimizer"]["device"] = "gpu"
+    path = tmp_path / "offload-gpu.json"
+    path.write_text(json.dumps(config))
+    assert_refused(train("deepspeed-single-gpu", tiny, tmp_path, "--deepspeed", str(path), launcher=True),
+                   "offload-gpu.json", "DeepSpeed refuses it", "'cpu' or 'nvme'")

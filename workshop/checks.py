@@ -2,6 +2,7 @@
 naming the option or file and what to do (raised as ValueError; train.py prints it last)."""
 import argparse
 import difflib
+import json
 import math
 import os
 import sys
@@ -15,7 +16,7 @@ from workshop.squad import is_local_path, not_here
 POSITIVE = ("train_samples", "eval_samples", "max_length", "per_device_train_batch_size",
             "per_device_eval_batch_size", "gradient_accumulation_steps", "learning_rate",
             "logging_steps", "save_minutes", "ddp_timeout")
-NOT_NEGATIVE = ("weight_decay", "warmup_steps", "max_grad_norm")
+NOT_NEGATIVE = ("weight_decay", "warmup_steps")
 
 
 class Parser(HfArgumentParser):
@@ -31,11 +32,25 @@ class Parser(HfArgumentParser):
 
     def given(self, argv=None):
         """The options given on the command line alone, as argparse understood them (an
-        abbreviation, `--opt=value`): parsed once, with no default filled in."""
+        abbreviation, `--opt=value`): parsed once, with no default filled in. An option given
+        twice is refused: argparse would keep the last value without a word."""
         for action in self._actions:
             if action.dest != "help":
                 action.default = argparse.SUPPRESS
+        seen = {}
+        for arg in sys.argv[1:] if argv is None else argv:
+            if arg.startswith("--") and (name := self._match_option(arg.split("=")[0])):
+                if name in seen:
+                    self.error(f"--{name} is given twice ({seen[name]} and {arg}): give it once")
+                seen[name] = arg
         return vars(self.parse_args(argv))
+
+    def _match_option(self, text):
+        """The dest of the option `text` means (abbreviations included), or None."""
+        matches = {a.dest for a in self._actions for o in a.option_strings
+                   if o == text or o.startswith(text) and not text.startswith("--no_")}
+        exact = [a.dest for a in self._actions if text in a.option_strings]
+        return exact[0] if exact else matches.pop() if len(matches) == 1 else None
 
 
 def check_sources(asked):
@@ -48,6 +63,14 @@ def check_sources(asked):
         if not (model / "config.json").is_file():
             raise ValueError(f"model folder {model} has no config.json: is it a saved model "
                              f"(save_pretrained, tools/prepare.py)?")
+        try:
+            model_type = json.loads((model / "config.json").read_text()).get("model_type")
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as e:
+            raise ValueError(f"{model / 'config.json'} is not a JSON object ({e}): copy the "
+                             f"model folder again") from None
+        if asked.fast_path and model_type != "bloom":
+            raise ValueError(f"--fast_path True rewrites BLOOM's attention and loss; "
+                             f"{model} is a {model_type} model: drop --fast_path")
         if not any((model / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json")):
             raise ValueError(f"model folder {model} has no tokenizer (tokenizer.json): make a "
                              f"complete folder with `python tools/prepare.py --model_name_or_path "
@@ -70,10 +93,13 @@ def check_sources(asked):
 
 
 def check_output_dir(asked):
-    """The output folder: a folder, and never a folder the run reads from."""
+    """The output folder: a folder, never a folder the run reads from, nor a stage's."""
     out = Path(asked.output_dir).expanduser()
     if out.exists() and not out.is_dir():
         raise ValueError(f"--output_dir {asked.output_dir} is a file: give a folder")
+    if (out / "train.py").is_file():
+        raise ValueError(f"--output_dir {asked.output_dir} is a stage folder (it holds train.py): "
+                         f"give a folder of its own, e.g. runs/my-run")
     for option in ("model_name_or_path", "dataset_name_or_path"):
         source = Path(getattr(asked, option)).expanduser()
         if source.is_dir() and (out.resolve() == source.resolve() or source.resolve() in out.resolve().parents):
@@ -98,6 +124,11 @@ def check_values(asked, deepspeed):
     if asked.save_total_limit is not None and asked.save_total_limit < 1:
         raise ValueError(f"--save_total_limit {asked.save_total_limit}: keep at least 1 "
                          f"checkpoint, or leave it unset to keep them all")
+    if asked.resume_from_checkpoint not in (None, "True", "true") and not (
+            Path(asked.resume_from_checkpoint) / "trainer_state.json").is_file():
+        raise ValueError(f"--resume_from_checkpoint {asked.resume_from_checkpoint}: no checkpoint "
+                         f"there (no trainer_state.json); give a run's checkpoint-N folder, or True "
+                         f"for the newest in --output_dir")
     if asked.length_multiple is not None and asked.length_multiple < 1:
         raise ValueError(f"--length_multiple {asked.length_multiple}: must be above 0")
     check_sources(asked)
@@ -117,3 +148,25 @@ def check_values(asked, deepspeed):
                          f"this stage's .slurm job)")
     if deepspeed.path and asked.use_cpu and asked.fp16:
         raise ValueError("fp16 on the CPU: DeepSpeed's CPU accelerator has no fp16; drop --fp16 True")
+
+
+def check_deepspeed_config(training_args):
+    """The DeepSpeed config as HF filled it in from the Trainer's settings: refused where it
+    contradicts them, or where DeepSpeed itself would refuse it once the model is loaded (its
+    own config class, run now on the config with the remaining "auto" values as placeholders)."""
+    config = getattr(training_args, "hf_deepspeed_config", None)
+    if config is None:
+        return
+    path = training_args.deepspeed
+    if config.mismatches:
+        raise ValueError(f"DeepSpeed config {path} contradicts the Trainer: "
+                         + "; ".join(m.lstrip("- ") for m in config.mismatches)
+                         + ' (set those keys to "auto" or to the same values)')
+    from deepspeed.runtime.config import DeepSpeedConfig
+    resolved = json.loads(json.dumps(config.config).replace('"auto"', "1"))
+    try:
+        DeepSpeedConfig(resolved)
+    except (AssertionError, ValueError, TypeError, KeyError) as e:
+        reason = " ".join(str(e).split())[:300] or type(e).__name__
+        raise ValueError(f"DeepSpeed config {path}: DeepSpeed refuses it ({reason}); compare "
+                         f"it with the stage's ds_zero*.json") from None

@@ -15,6 +15,7 @@ import os
 import platform
 import re
 import resource
+import shutil
 import signal
 import socket
 import sys
@@ -313,9 +314,9 @@ def resume_point(output_dir, asked, model_config, settings):
                          f"another --output_dir to train again")
     if asked not in (None, True, "True", "true"):
         folder = Path(asked)
-        if not (folder / "trainer_state.json").is_file():
-            raise ValueError(f"--resume_from_checkpoint {asked}: no checkpoint there (no "
-                             f"trainer_state.json); give a checkpoint-N folder of a run")
+        if (folder / METRICS_FILE).is_file():
+            raise ValueError(f"--resume_from_checkpoint {asked} is a run's folder, not a "
+                             f"checkpoint: give one of its checkpoint-N folders")
         check_checkpoint(folder, model_config, settings)
         return str(folder)
     for folder in reversed(checkpoints(output_dir)):
@@ -363,6 +364,39 @@ def _alive(pid):
         return True
     except (OSError, TypeError, ValueError):
         return False
+
+
+def load_op(name):
+    """Load one of DeepSpeed's ops, building it if this environment has not (said on one line,
+    with the time it takes); a failed build ends with its cause, not the compiler's command."""
+    from deepspeed.accelerator import get_accelerator
+    builder = get_accelerator().create_op_builder(name)
+    folder = Path(os.environ.get("TORCH_EXTENSIONS_DIR", "."))
+    if not any(folder.glob(f"{builder.NAME}/*.so")):
+        print(f"building DeepSpeed's {builder.NAME} op into {folder}: a minute or two, once per "
+              f"environment (make setup builds it beforehand: python -m workshop.build_ops)", flush=True)
+    try:
+        return builder.load(verbose=False)
+    except Exception as e:  # the compiler's own lines are above; its cause, in one line:
+        free = {p: shutil.disk_usage(p).free for p in (folder, Path(tempfile.gettempdir())) if p.exists()}
+        full = [f"{p} has {n // 2**20} MiB free" for p, n in free.items() if n < 200 * 2**20]
+        cause = ("no space left on the device (" + "; ".join(full) + ")" if full else
+                 (str(e).strip().splitlines() or [type(e).__name__])[-1][:200])
+        raise RuntimeError(f"DeepSpeed's {builder.NAME} op could not be built: {cause}; free space "
+                           f"or point TMPDIR / COMPILE_CACHE elsewhere, then run python -m "
+                           f"workshop.build_ops") from None
+
+
+def start_cpu_ranks(timeout_seconds):
+    """DeepSpeed's ranks on the CPU (the demo, the tests): its CPU accelerator on gloo (it would
+    ask for oneCCL, HF for NCCL), started before HF's TrainingArguments, which then take it.
+    Returns the TrainingArguments settings that go with it."""
+    import datetime
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    load_op("ShareMemCommBuilder")  # DeepSpeed loads it as it starts: said here if it builds
+    import deepspeed
+    deepspeed.init_distributed(dist_backend="gloo", timeout=datetime.timedelta(seconds=timeout_seconds))
+    return dict(ddp_backend="gloo")
 
 
 def one_line(error):
@@ -469,9 +503,8 @@ class Run(TrainerCallback):
             self.lock = take_lock(training_args.output_dir)
         if deepspeed.offload("optimizer") == "cpu":  # DeepSpeed's CPU Adam, a C++ op compiled on
             # first use (make setup builds it): loaded here so that its time counts as compiling
-            from deepspeed.ops.op_builder import CPUAdamBuilder
             with self.clock.timing("compiling"):
-                CPUAdamBuilder().load()
+                load_op("CPUAdamBuilder")
         if resume_from:
             print(f"resuming from {resume_from} (step {int(resume_from.rstrip('/').rsplit('-', 1)[1])})")
         return resume_from

@@ -25,7 +25,7 @@ def read_text(path):
     """A file's text; not UTF-8 is said with the file and the line."""
     data = Path(path).read_bytes()
     try:
-        return data.decode("utf-8")
+        return data.decode("utf-8-sig")  # a byte-order mark (Windows editors) is not text
     except UnicodeDecodeError as e:
         line = data[:e.start].count(b"\n") + 1
         raise ValueError(f"{path} is not UTF-8 text (line {line}, byte {e.start}): save it as "
@@ -68,7 +68,7 @@ def check_rows(rows, source):
     """Every row needs a question, a context and a non-empty answer (the hub's layout is made
     of the other); answers not found in their context are counted, and refused beyond
     MISPLACED_ANSWERS_ALLOWED of the rows."""
-    misplaced = []
+    misplaced, moved = [], []
     for i, row in enumerate(rows, start=1):
         if not isinstance(row, dict):
             raise ValueError(f"{source}: row {i} is not a JSON object; is this a SQuAD file?")
@@ -82,13 +82,18 @@ def check_rows(rows, source):
         row["answers"] = dict(text=texts, answer_start=starts)
         if not any(t in row["context"] for t in texts):
             misplaced.append(i)
+        elif starts and not any(isinstance(s, int) and row["context"][s:s + len(t)] == t
+                                for t, s in zip(texts, starts)):
+            moved.append(i)
     if len(misplaced) > MISPLACED_ANSWERS_ALLOWED * len(rows):
         raise ValueError(f"{source}: {len(misplaced)} of {len(rows)} rows have an answer that is not "
                          f"in their context (rows {', '.join(map(str, misplaced[:5]))}"
                          f"{', ...' if len(misplaced) > 5 else ''}): is the answer in the right field?")
-    if misplaced:
-        print(f"{source}: {len(misplaced)} of {len(rows)} rows have an answer not found in their "
-              f"context (rows {', '.join(map(str, misplaced[:5]))}); trained on as they are")
+    for found, what in ((misplaced, "an answer not found in their context"),
+                        (moved, "an answer_start that does not point at the answer")):
+        if found:  # the prompt uses the answer's text only: said, trained on as they are
+            print(f"{source}: {len(found)} of {len(rows)} rows have {what} (rows "
+                  f"{', '.join(map(str, found[:5]))}{', ...' if len(found) > 5 else ''})")
 
 
 def not_here(name, what):
@@ -107,6 +112,9 @@ def load_split(name_or_path, split, n_rows=None):
         files = [folder / f for f in SPLIT_FILES[split] if (folder / f).is_file()]
         if not files:
             raise ValueError(f"{folder} has no {split} file (looked for {', '.join(SPLIT_FILES[split])})")
+        if len(files) > 1:
+            raise ValueError(f"{folder} has {len(files)} {split} files ({', '.join(f.name for f in files)}): "
+                             f"keep the one to train on, move the others away")
         source, rows = files[0], read_rows(files[0])
     else:
         from datasets import load_dataset
