@@ -30,6 +30,8 @@ import sys
 import time
 from pathlib import Path
 
+from workshop.metrics import fixed_cost
+
 ROOT = Path(__file__).resolve().parents[1]
 JOBS = {"baseline": "baseline/baseline.slurm",
         "deepspeed-single-gpu": "deepspeed-single-gpu/deepspeed-single-gpu.slurm"}
@@ -60,11 +62,6 @@ def run_job(name, stage, options, env, args):
         print(f"{name}: failed (exit status {proc.returncode}), see {log}", flush=True)
         return None
     return json.loads(metrics.read_text())
-
-
-def fixed_cost(m):
-    parts = m["time_seconds"]
-    return m["wall_seconds"] - parts["training_steps"] - parts["evaluation"] - parts["answer_generation"]
 
 
 def deviation(m, reference):
