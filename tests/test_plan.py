@@ -15,13 +15,13 @@ import torch
 from conftest import ROOT
 
 from workshop import memory_plan as plan
+from workshop.memory_plan import SIDECARS, unrecorded
 from workshop.models import BLOOM, architecture
 
 sys.path.insert(0, str(ROOT / "tools"))
 import plan as plan_cli  # noqa: E402
 
 RESULTS = ROOT / "docs" / "results"
-SIDECARS = ("architectures.json", "unrecorded.json")  # what runs do not record (each file's note)
 
 
 def sidecar(path):
@@ -70,21 +70,13 @@ def committed_runs():
         if ended != "complete" and not oom:
             skipped.append((name, f"{ended}, not for lack of memory: {m.get('error')}"))
             continue
-        batches = by_prefix(side.get("batch_longest_tokens"), key)
+        known = unrecorded(f.parent, m)  # what tools/tables.py gives predict_run too
         runs.append(dict(
             name=name, metrics=m, ended=oom and f"out of {oom} memory" or ended, out_of_memory=oom,
-            model=m.get("architecture") or side.get("models", {}).get(m["model"]),
+            model=known.pop("model"), settings=known,
             gpu_memory_mib=m.get("gpu_memory_mib") or side.get("gpu_memory_mib"),
             host_memory_mib=m.get("host_memory_mib") or side.get("host_memory_mib"),
-            trainer_state=f.parent / "trainer_state.json",
-            settings=dict(
-                longest=m.get("longest_sequence_tokens", side.get("longest_sequence_tokens")),
-                pin_memory=m.get("pin_memory", side.get("pin_memory", {}).get(m.get("deepspeed_config"), True)),
-                save_model=by_prefix(side.get("save_model"), key, m.get("save_model", True)),
-                length_multiple=by_prefix(side.get("length_multiple"), key, m.get("length_multiple")),
-                # the longest batch after the first step (group_by_length puts the longest first)
-                later_longest=max(batches[1:m["global_step"]]) if batches and m.get("fast_path")
-                and m["global_step"] > 1 else None)))
+            trainer_state=f.parent / "trainer_state.json"))
     return runs, skipped
 
 

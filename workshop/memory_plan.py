@@ -318,3 +318,29 @@ def fits(mib, capacity_mib, gpu=True):
     return "yes" if mib <= MARGIN * usable else "tight" if mib <= usable else "no"
 
 
+
+
+SIDECARS = ("architectures.json", "unrecorded.json")  # beside committed results (docs/results)
+
+
+def unrecorded(run_dir, metrics):
+    """predict_run()'s model and settings for what a run does not record itself, from the
+    nearest architectures.json or unrecorded.json above its folder (each file's note says what
+    it holds); keys by the run folder's path below the sidecar's, the longest prefix first."""
+    run_dir = Path(run_dir).resolve()
+    folder, side = next(((f, json.loads((f / name).read_text())) for f in run_dir.parents
+                         for name in SIDECARS if (f / name).is_file()), (None, {}))
+    key = str(run_dir.relative_to(folder)) if folder else ""
+
+    def by_prefix(table, default=None):
+        return next((v for k, v in (table or {}).items() if key.startswith(k)), default)
+    batches = by_prefix(side.get("batch_longest_tokens"))
+    step = metrics.get("global_step") or 0
+    return dict(
+        model=metrics.get("architecture") or side.get("models", {}).get(metrics.get("model")),
+        longest=metrics.get("longest_sequence_tokens", side.get("longest_sequence_tokens")),
+        pin_memory=metrics.get("pin_memory", side.get("pin_memory", {}).get(metrics.get("deepspeed_config"), True)),
+        save_model=by_prefix(side.get("save_model"), metrics.get("save_model", True)),
+        length_multiple=by_prefix(side.get("length_multiple"), metrics.get("length_multiple")),
+        # the longest batch after the first step (group_by_length puts the longest first)
+        later_longest=max(batches[1:step]) if batches and metrics.get("fast_path") and step > 1 else None)
