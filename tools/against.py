@@ -47,6 +47,11 @@ CAUSES = {
 SLOWER = "the GPU slower or shared (see steady samples/s)"  # training steps, evaluation, answers
 
 
+def highest(values):
+    """The largest of a per-rank list from run_metrics.json, ranks without a reading left out."""
+    return max((v for v in values or [] if v is not None), default=None)
+
+
 def key(run, names):
     return json.dumps([run.m.get(k) for k in names], sort_keys=True)
 
@@ -54,7 +59,6 @@ def key(run, names):
 def measures(run):
     """name -> (value, kind of room) of what a run is compared by."""
     m = run.m
-    highest = lambda values: max((v for v in values or [] if v is not None), default=None)  # noqa: E731
     found = {"steady samples/s": (m.get("steady_train_samples_per_second"), "speed"),
              "peak alloc MiB": (highest(m.get("peak_gpu_memory_allocated_mib")), "memory"),
              "peak GPU MiB": (run.gpu["memory.used"].max() if run.gpu is not None else None, "memory"),

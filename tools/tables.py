@@ -48,7 +48,7 @@ from pathlib import Path, PurePath
 
 import pandas as pd
 
-from against import ROOM, TIME_ROOM_SECONDS, compare
+from against import CONFIGURATION, ROOM, TIME_ROOM_SECONDS, compare, highest
 from workshop.memory_plan import predict_run, unrecorded
 from workshop.metrics import METRICS_FILE, SCHEMA_VERSIONS, TIME_PARTS, checkpoints, fixed_cost, read_json
 from workshop.models import architecture, bloom_config
@@ -132,7 +132,8 @@ Comparison (one row per run):
                      config is not found
 Several GPUs against one (a row per run of several GPUs that has a one-GPU run of the same
 configuration among the runs: model, ZeRO stage, offload, precision, fast path, compiled blocks,
-batch per GPU, accumulation, length, gradient checkpointing, GPU; printed only when there is one):
+batch per GPU, accumulation, length, padding, gradient checkpointing, GPU; printed only when
+there is one):
   GPUs               ranks of the run
   one GPU            the one-GPU run it is compared with
   scaling            weak: each GPU trained as many samples as the one GPU did (500 rows per
@@ -688,11 +689,6 @@ def time_table(runs):
     return pd.DataFrame(rows)
 
 
-def highest(values):
-    """The largest of a per-rank list from run_metrics.json, ranks without a reading left out."""
-    return max((v for v in values or [] if v is not None), default=None)
-
-
 def comparison(runs):
     """The configurations side by side: speed, measured memory and the estimates."""
     rows = []
@@ -718,9 +714,7 @@ def comparison(runs):
 
 
 # What must match for a one-GPU run to be another run's reference in the scaling table
-SAME_CONFIGURATION = ("architecture", "zero_stage", "offload_optimizer", "offload_param", "precision",
-                      "fast_path", "compile_blocks", "per_device_train_batch_size",
-                      "gradient_accumulation_steps", "max_length", "gradient_checkpointing", "gpu")
+SAME_CONFIGURATION = tuple(k for k in CONFIGURATION if k not in ("world_size", "nodes"))
 
 
 def scaling(runs):
