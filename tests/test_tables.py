@@ -5,7 +5,7 @@ or were killed, and the published H100 runs (schema version 1). Every number the
 is checked against one computed here from the raw files; the Trainer's printed dicts are
 removed from the job logs first: the tool reads only what docs/metrics.md documents."""
 import csv
-import importlib.util
+import importlib
 import json
 import re
 import shutil
@@ -42,13 +42,12 @@ def tool(*args, cwd, env=None):
                           capture_output=True, text=True, timeout=120)
 
 
-def tables_module():
-    """tools/tables.py imported here, for the functions that need no files."""
-    sys.path.insert(0, str(ROOT / "tools"))
-    spec = importlib.util.spec_from_file_location("tables_under_test", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def tools_module(name):
+    """A module of tools/ (tables, run_files, table_plots) imported here, for the functions
+    that need no files."""
+    if str(ROOT / "tools") not in sys.path:
+        sys.path.insert(0, str(ROOT / "tools"))
+    return importlib.import_module(name)
 
 
 def start_run(root, stage, name, tiny, deepspeed_config=None, **options):
@@ -281,10 +280,10 @@ def test_speeds_from_the_cpu_are_flagged_once(made):
 
 
 def test_each_run_has_its_own_colour_in_the_plots():
-    tables = tables_module()
+    Run, plots = tools_module("run_files").Run, tools_module("table_plots")
     for n in (2, 5, 10, 14, 20, 31):
-        runs = [tables.Run(f"run-{i}", label=f"label {i}") for i in range(n)]
-        colours = tables.colours(runs)
+        runs = [Run(f"run-{i}", label=f"label {i}") for i in range(n)]
+        colours = plots.colours(runs)
         assert len({tuple(round(c, 3) for c in tables_colour(c)) for c in colours.values()}) == n
 
 
@@ -370,7 +369,7 @@ def test_the_plan_beside_the_measurement(made):
 def test_the_plan_is_called_with_the_runs_metrics(made):
     """The call the comparison makes, with a stand-in for predict_run."""
     root = made[0]
-    tables = tables_module()
+    tables, run_files = tools_module("tables"), tools_module("run_files")
     calls = []
 
     def predict_run(metrics, model=None, **settings):
@@ -378,7 +377,7 @@ def test_the_plan_is_called_with_the_runs_metrics(made):
         return dict(gpu_mib=1000.0 + metrics["max_length"], host_mib=2000.0 + metrics["world_size"],
                     host_node_mib=3000.0)
 
-    run = tables.load(tables.runs_in([root / "deepspeed-single-gpu" / "runs" / ZERO2])[0])
+    run = run_files.load(run_files.runs_in([root / "deepspeed-single-gpu" / "runs" / ZERO2])[0])
     columns = tables.estimate(run, predict_run).estimate
     m = metrics_of(root, "deepspeed-single-gpu", ZERO2)
     assert (columns["plan GPU MiB"], columns["plan host MiB/rank"]) == (1000.0 + m["max_length"], 2000.0 + 1)
@@ -394,7 +393,7 @@ def test_the_plan_is_called_with_the_runs_metrics(made):
 def test_why_a_run_failed_prefers_the_projects_own_words(tmp_path):
     """train.py's `error:` line, then SLURM's, then the metrics' error, then an exception's,
     then the launcher's; the last of the best kind found."""
-    failure, out = tables_module().failure, tmp_path / "job.out"
+    failure, out = tools_module("run_files").failure, tmp_path / "job.out"
     cancelled = "slurmstepd: error: *** JOB 7 ON gpu01 CANCELLED AT 2026-11-24T10:47:06 DUE TO TIME LIMIT ***"
     for log, recorded, says in [
             ("error: first\nValueError: x\nerror: out of GPU memory\n" + LAUNCHER_END, "recorded",
@@ -648,7 +647,7 @@ def test_plots_stay_a_page_at_thirty_runs(tmp_path):
     for name in ("loss.png", "gpu-memory.png"):
         height, width = matplotlib.image.imread(tmp_path / name).shape[:2]
         assert height <= 2400 and width <= 1400, (name, width, height)
-    tables = tables_module()
-    runs = [tables.Run(f"r{i}", label=f"same {i}", losses=[(1, 2.0), (2, 1.5)]) for i in range(2)]
-    assert len(tables.same_curves(runs, lambda r: r.losses)) == 1
+    Run, plots = tools_module("run_files").Run, tools_module("table_plots")
+    runs = [Run(f"r{i}", label=f"same {i}", losses=[(1, 2.0), (2, 1.5)]) for i in range(2)]
+    assert len(plots.same_curves(runs, lambda r: r.losses)) == 1
 
