@@ -651,3 +651,16 @@ def test_plots_stay_a_page_at_thirty_runs(tmp_path):
     runs = [Run(f"r{i}", label=f"same {i}", losses=[(1, 2.0), (2, 1.5)]) for i in range(2)]
     assert len(plots.same_curves(runs, lambda r: r.losses)) == 1
 
+
+
+def test_the_roots_log_folder_alone_finds_runs_named_from_another_machine(made, tmp_path):
+    """`tools/tables.py log` in a repository whose jobs ran elsewhere (copied back): the first
+    line's path ends in baseline/runs/<run>, which is found below the folder above log/."""
+    shutil.copytree(made[0] / "baseline" / "runs" / BASELINE, tmp_path / "baseline" / "runs" / "baseline-57")
+    (tmp_path / "log").mkdir()
+    (tmp_path / "log" / "baseline-57.out").write_text(
+        "run baseline-57 on gpu01, output in /scratch/someone/baseline/runs/baseline-57\n")
+    proc = tool("log", "--no-plots", "--no-estimate", "--csv", "csv", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    rows = list(csv.DictReader((tmp_path / "csv" / "objective1.csv").read_text().splitlines()))
+    assert [(r["run"], r["status"]) for r in rows] == [("baseline-57", "complete")]

@@ -126,10 +126,12 @@ def add_log(path, found):
 
 def tie(log_dir, name, output, run_dirs):
     """The run folder of log_dir/<name>.*: the one its first line names where it exists here
-    (absolute, or relative to the stage folder), else runs/<name> beside log/, else the
-    nearest found run folder named as the first line's folder or as the log."""
-    stage = log_dir.parent
-    for candidate in ([Path(output), stage / output] if output else []) + [stage / "runs" / name]:
+    (absolute; or the end of its path below the folder above log/: the stage folder, or the
+    repository for a job submitted from there), else runs/<name> beside log/, else the nearest
+    found run folder named as the first line's folder or as the log."""
+    above, parts = log_dir.parent, PurePath(output).parts if output else ()
+    tails = [above / Path(*parts[i:]) for i in range(len(parts)) if not PurePath(*parts[i:]).is_absolute()]
+    for candidate in ([Path(output)] if output else []) + tails + [above / "runs" / name]:
         if candidate.is_dir() and is_run_dir(candidate):
             return candidate
     names = {name} | ({PurePath(output).name} if output else set())
