@@ -527,8 +527,8 @@ def main(argv=None):
         runs = [estimate(r) for r in runs]
     tables = {"objective1": objective1(runs), "objective2": objective2(runs), "time": time_table(runs),
               "comparison": comparison(runs), "scaling": scaling(runs)}
-    digits = {"est.": 1, "loss": 4, "eval loss": 4, "samples/s": 2, "MiB": 0, "MiB/rank": 0, "MiB/GPU": 0,
-              " s": 1, "efficiency": 2}
+    digits = {"est.": 1, "loss": 4, "eval loss": 4, "samples/s": 2, "MiB": 0, "MiB/rank": 0, "MiB/node": 0,
+              "MiB/GPU": 0, " s": 1, "efficiency": 2}
     on_cpu = [r.label for r in runs if r.on_cpu]
     print("## Objective 1: loss and speed\n\n" + markdown(tables["objective1"], digits, "", on_cpu))
     if on_cpu:
