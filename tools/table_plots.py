@@ -1,8 +1,9 @@
 """tools/tables.py's plots: loss.png, gpu-memory.png and time.png, readable at 30 runs and more
 (a panel per stage, a colour per configuration, direct labels)."""
-import json
+import textwrap
 
 from workshop.metrics import TIME_PARTS
+
 
 def configuration(run):
     """A run's label without its job: runs of one configuration share a colour."""
@@ -35,21 +36,43 @@ def by_stage(runs, most=8):
             for stage, rs in stages.items() for i in range(0, len(rs), most)]
 
 
-def same_curves(runs, curve):
-    """Groups of runs whose curves are identical (one label says all of them)."""
-    groups = {}
+def same_curves(runs, curve, within=1e-3):
+    """Groups of runs whose curves lie on each other (the same steps, values within `within`
+    of each other, relative): one label says all of them."""
+    groups = []
     for r in runs:
-        groups.setdefault(json.dumps([[round(float(v), 6) for v in point] for point in curve(r)]), []).append(r)
-    return list(groups.values())
+        points = curve(r)
+        group = next((g for g in groups if len(curve(g[0])) == len(points) and all(
+            x == y and abs(a - b) <= within * max(abs(a), abs(b), 1e-12)
+            for (x, a), (y, b) in zip(curve(g[0]), points))), None)
+        if group:
+            group.append(r)
+        else:
+            groups.append([r])
+    return groups
+
+
+def together(runs):
+    """One label for runs whose curves lie on each other: their configuration and jobs."""
+    if len(runs) == 1:
+        return runs[0].label
+    if len({configuration(r) for r in runs}) == 1 and all(r.metrics for r in runs):
+        jobs = ", ".join(r.label.rsplit(" (", 1)[1].rstrip(")") for r in runs)
+        return f"{configuration(runs[0])} ({jobs}: identical curves)"
+    return f"{runs[0].label} and {len(runs) - 1} more: identical curves"
 
 
 def label_ends(ax, ends):
-    """Direct labels right of the panel, each beside its curve's last value, spread apart."""
+    """Direct labels right of the panel, each beside its curve's last value, spread apart (a
+    long label wraps onto more lines)."""
     low, high = ax.get_ylim()
-    gap, placed = (high - low) * 0.085, []  # a 7-point line of a 3-inch panel
+    line, top = (high - low) * 0.085, None  # a 7-point line of a 3-inch panel
     for y, text, colour in sorted(ends, key=lambda e: e[0]):
-        placed.append(max(y, placed[-1] + gap) if placed else y)
-        ax.annotate(text, xy=(1, y), xycoords=("axes fraction", "data"), xytext=(1.03, placed[-1]),
+        text = textwrap.fill(text, 62, subsequent_indent="  ")
+        lines = text.count("\n") + 1
+        at = y if top is None else max(y, top + line * (lines + 1) / 2)
+        top = at + line * (lines - 1) / 2
+        ax.annotate(text, xy=(1, y), xycoords=("axes fraction", "data"), xytext=(1.03, at),
                     textcoords=("axes fraction", "data"), color=colour, fontsize=7, va="center",
                     arrowprops=dict(arrowstyle="-", color=colour, lw=0.5), annotation_clip=False)
 
@@ -81,8 +104,8 @@ def plot(runs, folder):
 
     if curves := [r for r in runs if losses(r)]:
         groups = by_stage(curves)
-        fig, axes = panels(plt, len(groups), "Train loss (lines, each step) and eval loss (dots); "
-                                             "runs with identical curves share a label")
+        fig, axes = panels(plt, len(groups), "Train loss (lines, each step) and eval loss (dots); runs "
+                                             "whose curves lie on each other (within 0.1%) share a label")
         for ax, (title, group) in zip(axes, groups):
             ends, colour = [], colours(group)
             for same in same_curves(group, losses):
@@ -91,8 +114,7 @@ def plot(runs, folder):
                     ax.plot(*zip(*r.losses), "-", color=colour[r.label], alpha=0.8, lw=1)
                 if evals := [(e["step"], e["eval_loss"]) for e in r.epochs if e.get("step")]:
                     ax.plot(*zip(*evals), "o", color=colour[r.label], markersize=5)
-                names = " = ".join(x.label for x in same) + (" (identical)" if len(same) > 1 else "")
-                ends.append((losses(r)[-1][1], names, colour[r.label]))
+                ends.append((losses(r)[-1][1], together(same), colour[r.label]))
             ax.set(title=title, xlabel="optimizer step", ylabel="loss")
             ax.grid(alpha=0.3)
             label_ends(ax, ends)
