@@ -24,7 +24,9 @@ REASONS = [  # why a run failed, best first: in the job's log, and where run_met
     (re.compile(r"\b([\w.]+(?:Error|Exception): .+)"), "{}"),
     (re.compile(r"exits with return code = (-?\d+)"), "the launcher: a rank exited with return code {}"),
     (re.compile(r"^srun: error: (.+)"), "srun: {}")]
-SKIP_DIRS = re.compile(r"^(\.|checkpoint-|__pycache__|node_modules|tables$)")
+# Not searched below a PATH: hidden folders (.venv, .git), checkpoints (read with their run),
+# the plots' folder, and docs/ (the committed reference runs: give docs/results/... to read them)
+SKIP_DIRS = re.compile(r"^(\.|checkpoint-|__pycache__|node_modules|tables$|docs$)")
 
 
 class NoData(Exception):

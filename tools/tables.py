@@ -19,7 +19,8 @@ files; each job log is tied to its run folder: the one its first line names wher
 here, else runs/<name> beside log/, else the nearest run folder of that name (a log written on
 another machine names that machine's folders). A stage submitted from the repository root has
 its logs in the root's log/: they are taken for the stage's runs. A run reached through several
-PATHs is listed once.
+PATHs is listed once. Below a PATH, docs/ is not searched (the repository's own reference runs:
+name docs/results/... to read them).
 
 --against RESULTS puts each run beside the reference runs of the same configuration and GPU
 kind under RESULTS (docs/results/<gpu>), and lists what falls outside their measured spread
