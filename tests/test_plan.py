@@ -406,3 +406,14 @@ def test_two_gpus_say_what_was_measured_and_nodes_are_not_rated_as_one(capsys):
     plan_cli.main(["bloom-560m", "--gpus_per_node", "1", "--nodes", "2"])
     nodes = capsys.readouterr().out
     assert "Several nodes: nothing was measured" in nodes and "~x" in nodes.split("Recommended")[1]
+
+
+def test_the_prepare_step_the_plan_prints_says_in_one_line_what_to_do_offline(tmp_path):
+    """tools/prepare.py where the hub cannot be reached (the tests run with HF_HUB_OFFLINE=1):
+    one line saying what to do instead, not the hub client's traceback."""
+    proc = subprocess.run([sys.executable, str(ROOT / "tools" / "prepare.py"), "--model_name_or_path",
+                           "bigscience/bloom-560m", "--prepared_dir", str(tmp_path / "prepared")],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.startswith("error: bigscience/bloom-560m cannot be fetched: the hub is off here")
+    assert "on a machine with internet" in proc.stderr
