@@ -62,9 +62,11 @@ class Run:
 
     @property
     def stage(self):
-        """The stage the metrics name, else the folder above runs/ or log/."""
-        folder = self.log_dir or (self.run_dir.parent if self.run_dir else None)
-        return self.m.get("stage") or (folder.parent.name if folder and folder.name in ("log", "runs") else None)
+        """The stage the metrics name, else the folder above runs/, else above log/ (which may be
+        the repository's, for a job submitted from there)."""
+        folders = [f for f in (self.run_dir.parent if self.run_dir else None, self.log_dir)
+                   if f and f.name in ("log", "runs")]
+        return self.m.get("stage") or (folders[0].parent.name if folders else None)
 
     @property
     def on_cpu(self):
