@@ -417,3 +417,10 @@ def test_the_prepare_step_the_plan_prints_says_in_one_line_what_to_do_offline(tm
     assert proc.returncode == 1 and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert proc.stderr.startswith("error: bigscience/bloom-560m cannot be fetched: the hub is off here")
     assert "on a machine with internet" in proc.stderr
+
+
+def test_a_model_folder_goes_into_the_sbatch_line_as_its_path(tiny, capsys):
+    plan_cli.main([str(tiny / "model")])
+    commands = capsys.readouterr().out.split("From the repository root:")[1].split()
+    assert "tools/prepare.py" not in commands and "sbatch" in commands
+    assert commands[commands.index("--model_name_or_path") + 1] == str((tiny / "model").resolve())
