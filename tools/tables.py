@@ -147,6 +147,13 @@ there is one):
                      steady samples/s of both, all GPUs together
   peak alloc MiB, one GPU peak alloc MiB, saved MiB/GPU
                      peak alloc MiB (above) of both, and what the N GPUs save on each GPU
+Against the reference runs (--against; a row per run and measure outside the spread):
+  measure            steady samples/s, peak alloc MiB, peak GPU MiB, host MiB/rank (above), the
+                     last eval loss, or a time part (where the time went)
+  yours, reference   the run's value; the references' lowest-highest (one value: one reference)
+  outside            above or below the spread, widened by the room the Markdown states
+  likely cause       what usually makes that measure differ
+  references         the reference runs of the same configuration, GPU kind and count
 Plots (in the plots folder): loss.png (train loss per step, eval loss per evaluation) and
 gpu-memory.png (memory.used against minutes since the log started), a panel per stage (at
 most 8 runs each), a colour per configuration within a panel, each curve labelled at its end,
