@@ -166,7 +166,7 @@ def configurations(args, explicit, a, gpu_cap, host_cap):
         label, ds_config, stage, offload_opt, offload_param = config
         if stage is None and world > 1:
             stage, ds_config, label = 0, "ds_config.json", "ZeRO off (DeepSpeed's engine)"
-        # as train.py: the fast path's settings for those not given explicitly (config.py)
+        # as train.py: the fast path's settings for those not given explicitly (FAST_PATH)
         def given(key):
             return getattr(args, key) if key in explicit or not fast else FAST_PATH[key]
         batch, accumulation = given("per_device_train_batch_size"), given("gradient_accumulation_steps")
