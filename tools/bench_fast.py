@@ -9,9 +9,9 @@ compiling, training, evaluating, answering, saving). Random weights from ARCH
 (tools/bloom_architecture.py), the first 500 rows of DATA, the same seed. In one call, in
 this order: the workshop's configuration (the reference), the fast path as it chooses for
 this many steps (workshop.settings.compiling_pays: compiled only where that pays), the fast
-path with compiled blocks asked for, with an empty compile cache (COMPILE_CACHE: cold) and again with
-the cache it left (warm); then the compiled fast path through DeepSpeed for each --deepspeed
-config (warm cache, --deepspeed_steps steps: their steady speed only).
+path with compiled blocks asked for, with an empty compile cache (COMPILE_CACHE: cold) and
+again with the cache it left (warm); then the compiled fast path through DeepSpeed for each
+--deepspeed config (warm cache, --deepspeed_steps steps: their steady speed only).
 
 Prints a table: job seconds and their ratio to the workshop's job with the same cache, the
 fixed cost (job minus training steps, evaluation and answer generation), compiling seconds,
