@@ -104,8 +104,9 @@ def compare(mine, references):
                 continue
             direction = flag(name, value, (min(values), max(values)), room)
             if direction:
+                low, high = min(values), max(values)
                 rows.append({"run": run.label, "measure": name, "yours": value,
-                             "reference": f"{min(values):,.4g}" + (f"-{max(values):,.4g}" if max(values) > min(values) else ""),
+                             "reference": f"{low:,.4g}" + (f"-{high:,.4g}" if high > low else ""),
                              "outside": direction, "likely cause": cause(name, direction),
                              "references": ", ".join(r.label for r in compared)})
         if not same_work:

@@ -101,7 +101,8 @@ def speed(a, key, world, nodes):
     source, whether measured as such): measured for this size, else an estimate from the
     nearest measured size, from its parts (ZeRO stage x fast path), x plan_data's factor for
     checkpointing, x the two-GPU efficiency where measured; more GPUs or nodes: estimates."""
-    sizes = sorted((s for s in DATA["speed"]), key=lambda s: abs(BLOOM[s][0] ** 2 * BLOOM[s][1] - a.hidden ** 2 * a.layers))
+    # the measured sizes, nearest first by hidden^2 x layers (what a step's work grows with)
+    sizes = sorted(DATA["speed"], key=lambda s: abs(BLOOM[s][0] ** 2 * BLOOM[s][1] - a.hidden ** 2 * a.layers))
     same = next((s for s in sizes if BLOOM[s] == (a.hidden, a.layers, a.heads)), None)
     plain, factor, extra = key, 1.0, []
     exact = measured(same, key) if same else None
@@ -208,7 +209,8 @@ def table(rows, sources):
     def speed_cell(r):
         if r["ratio"] is None:
             return "not measured"
-        return (f"x{r['ratio']:.2f}" if r["sure"] else f"~x{r['ratio']:.2f} (estimate)") + f" [{sources.index(r['source']) + 1}]"
+        said = f"x{r['ratio']:.2f}" if r["sure"] else f"~x{r['ratio']:.2f} (estimate)"
+        return f"{said} [{sources.index(r['source']) + 1}]"
     df = pd.DataFrame([{
         "configuration": r["name"], "how": f"`{short(r)}`",
         "GPU MiB: model states / activations / logits+loss / workspace": " / ".join(
