@@ -5,7 +5,7 @@ or were killed, and the published H100 runs (schema version 1). Every number the
 is checked against one computed here from the raw files; the Trainer's printed dicts are
 removed from the job logs first: the tool reads only what docs/metrics.md documents."""
 import csv
-import importlib.util
+import importlib
 import json
 import re
 import shutil
@@ -35,7 +35,6 @@ LAUNCHER_END = (  # what DeepSpeed's launcher prints after a rank failed
     "[2026-11-24 10:47:06,664] [INFO] [launch.py:253:sigkill_handler] Killing subprocess 22279\n"
     "[2026-11-24 10:47:06,664] [ERROR] [launch.py:259:sigkill_handler] ['python', '-u', 'train.py', "
     "'--local_rank=0'] exits with return code = 1\n")
-PLAN_PY = ROOT / "tools" / "plan.py"
 
 
 def tool(*args, cwd, env=None):
@@ -43,13 +42,12 @@ def tool(*args, cwd, env=None):
                           capture_output=True, text=True, timeout=120)
 
 
-def tables_module():
-    """tools/tables.py imported here, for the functions that need no files."""
-    sys.path.insert(0, str(ROOT / "tools"))
-    spec = importlib.util.spec_from_file_location("tables_under_test", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def tools_module(name):
+    """A module of tools/ (tables, run_files, table_plots) imported here, for the functions
+    that need no files."""
+    if str(ROOT / "tools") not in sys.path:
+        sys.path.insert(0, str(ROOT / "tools"))
+    return importlib.import_module(name)
 
 
 def start_run(root, stage, name, tiny, deepspeed_config=None, **options):
@@ -222,14 +220,14 @@ def test_comparison_measured_memory_and_deepspeeds_estimate(made, tiny):
     base, zero2 = row(tables["comparison"], BASELINE), row(tables["comparison"], ZERO2)
     assert (base["ZeRO"], base["offload"], base["GPUs"], base["nodes"]) == ("-", "none", "1", "1")
     assert number(base["est. GPU MiB"]) == pytest.approx(16 * params / 2**20, abs=1e-6)
-    assert base["estimate from"] == "16 B/param, AdamW without DeepSpeed" and base["est. host MiB"] == ""
-    assert number(base["peak host MiB"]) == max(HOST_RSS)
+    assert base["estimate from"] == "16 B/param, AdamW without DeepSpeed" and base["est. host MiB/node"] == ""
+    assert number(base["peak host MiB/node"]) == max(HOST_RSS)
     assert number(base["peak GPU MiB"]) == max(p for p, *_ in raw_gpu_stats(GPU_CSV).values())
     assert (zero2["ZeRO"], zero2["GPUs"], zero2["nodes"], zero2["precision"]) == ("2", "1", "1", "fp32")
     # DeepSpeed's ZeRO-2 formula for 1 GPU, no offload (stage_1_and_2.py): 2P + 18P/GPUs on
     # the GPU, 4P x GPUs per node x 1.5 on the host.
     assert number(zero2["est. GPU MiB"]) == pytest.approx((2 * params + 18 * params) / 2**20, abs=1e-5)
-    assert number(zero2["est. host MiB"]) == pytest.approx(4 * params * 1.5 / 2**20, abs=1e-5)
+    assert number(zero2["est. host MiB/node"]) == pytest.approx(4 * params * 1.5 / 2**20, abs=1e-5)
     metrics = metrics_of(root, "deepspeed-single-gpu", ZERO2)
     assert metrics["parameters"] == params  # what the estimate is built from: the metrics' architecture
     assert number(zero2["samples/s"]) == pytest.approx(metrics["steady_train_samples_per_second"])
@@ -276,13 +274,16 @@ def test_speeds_from_the_cpu_are_flagged_once(made):
     assert len(warnings) == 1
     with_metrics = [r["label"] for r in tables["objective1"] if r["status"] not in ("logs only", "killed or running")]
     assert all(label in warnings[0] for label in with_metrics) and "baseline-killed" not in warnings[0]
+    # the Markdown says CPU where a speed would be; the CSV files keep the numbers
+    baseline = next(line for line in proc.stdout.splitlines() if line.startswith(f"| {LABELS[BASELINE]} "))
+    assert baseline.count("| CPU ") == 3 and number(row(tables["objective1"], BASELINE)["steady samples/s"]) > 0
 
 
 def test_each_run_has_its_own_colour_in_the_plots():
-    tables = tables_module()
+    Run, plots = tools_module("run_files").Run, tools_module("table_plots")
     for n in (2, 5, 10, 14, 20, 31):
-        runs = [tables.Run(f"run-{i}", label=f"label {i}") for i in range(n)]
-        colours = tables.colours(runs)
+        runs = [Run(f"run-{i}", label=f"label {i}") for i in range(n)]
+        colours = plots.colours(runs)
         assert len({tuple(round(c, 3) for c in tables_colour(c)) for c in colours.values()}) == n
 
 
@@ -354,49 +355,45 @@ def test_a_version_1_file_whose_model_cannot_be_found(made):
 
 
 def test_the_plan_beside_the_measurement(made):
-    """tools/plan.py's predict where it exists; else blank plan columns and one note."""
+    """The plan's columns are workshop.memory_plan's predict_run, as tests/test_plan.py calls it."""
+    from workshop.memory_plan import predict_run, unrecorded
     root, proc, tables = made
-    planned = [line for line in proc.stdout.splitlines() if "tools/plan.py" in line]
-    if not PLAN_PY.exists():
-        assert all(r["plan GPU MiB"] == r["plan host MiB"] == "" for r in tables["comparison"])
-        assert len(planned) == 1 and planned[0].startswith("- plan GPU MiB, plan host MiB blank: tools/plan.py "
-                                                           "cannot be imported")
-        return
-    sys.path.insert(0, str(ROOT / "tools"))
-    from plan import predict_run
     for stage, name in (("baseline", BASELINE), ("deepspeed-single-gpu", ZERO2)):
         m, ours = metrics_of(root, stage, name), row(tables["comparison"], name)
-        expected = predict_run(m)  # v2 metrics name their architecture
-        assert (number(ours["plan GPU MiB"]), number(ours["plan host MiB"])) == pytest.approx(
-            (expected["gpu_mib"], expected["host_mib"]))
+        expected = predict_run(m, **unrecorded(root / stage / "runs" / name, m))  # v2: its architecture
+        assert (number(ours["plan GPU MiB"]), number(ours["plan host MiB/rank"]),
+                number(ours["plan host MiB/node"])) == pytest.approx(
+            (expected["gpu_mib"], expected["host_mib"], expected["host_node_mib"]))
 
 
 def test_the_plan_is_called_with_the_runs_metrics(made):
-    """The call the comparison makes, with a stand-in for tools/plan.py's predict_run."""
+    """The call the comparison makes, with a stand-in for predict_run."""
     root = made[0]
-    tables = tables_module()
+    tables, run_files = tools_module("tables"), tools_module("run_files")
     calls = []
 
-    def predict_run(metrics, model=None):
+    def predict_run(metrics, model=None, **settings):
         calls.append((metrics, model))
-        return dict(gpu_mib=1000.0 + metrics["max_length"], host_mib=2000.0 + metrics["world_size"])
+        return dict(gpu_mib=1000.0 + metrics["max_length"], host_mib=2000.0 + metrics["world_size"],
+                    host_node_mib=3000.0)
 
-    run = tables.load(tables.runs_in(root / "deepspeed-single-gpu" / "runs" / ZERO2)[0])
+    run = run_files.load(run_files.runs_in([root / "deepspeed-single-gpu" / "runs" / ZERO2])[0])
     columns = tables.estimate(run, predict_run).estimate
     m = metrics_of(root, "deepspeed-single-gpu", ZERO2)
-    assert (columns["plan GPU MiB"], columns["plan host MiB"]) == (1000.0 + m["max_length"], 2000.0 + 1)
+    assert (columns["plan GPU MiB"], columns["plan host MiB/rank"]) == (1000.0 + m["max_length"], 2000.0 + 1)
     (metrics, model), = calls
-    assert metrics == m and model.hidden_size == m["architecture"]["hidden_size"]
+    assert metrics == m and model == m["architecture"]
 
     def broken(*args, **kwargs):
         raise RuntimeError("no such GPU")
-    assert "no plan: tools/plan.py's predict failed (RuntimeError: no such GPU)" in tables.estimate(run, broken).caveats
+    assert ("no plan: workshop.memory_plan's predict_run failed (RuntimeError: no such GPU)"
+            in tables.estimate(run, broken).caveats)
 
 
 def test_why_a_run_failed_prefers_the_projects_own_words(tmp_path):
     """train.py's `error:` line, then SLURM's, then the metrics' error, then an exception's,
     then the launcher's; the last of the best kind found."""
-    failure, out = tables_module().failure, tmp_path / "job.out"
+    failure, out = tools_module("run_files").failure, tmp_path / "job.out"
     cancelled = "slurmstepd: error: *** JOB 7 ON gpu01 CANCELLED AT 2026-11-24T10:47:06 DUE TO TIME LIMIT ***"
     for log, recorded, says in [
             ("error: first\nValueError: x\nerror: out of GPU memory\n" + LAUNCHER_END, "recorded",
@@ -517,8 +514,9 @@ def test_real_h100_runs_of_schema_version_1(tmp_path):
         assert "schema_version" not in m and m["complete"] and ours["status"] == "complete"
         what = f"ZeRO-{m['zero_stage']}" if m["deepspeed_config"] else "baseline"
         assert ours["label"].startswith(f"{what} ") and f" {m['precision']} 1 GPU (job " in ours["label"]
-        for column in ("est. GPU MiB", "est. host MiB", "estimate from"):
-            assert comparison[column] == pytest.approx(published[ours["run"]][column])
+        for column, then in (("est. GPU MiB",) * 2, ("est. host MiB/node", "est. host MiB"),
+                             ("estimate from",) * 2):  # the published file's names of the time
+            assert comparison[column] == pytest.approx(published[ours["run"]][then])
     assert {r["label"] for r in tables["objective1"]} >= {"baseline fp16 1 GPU (job 888)",
                                                           "ZeRO-3 offload opt+param bf16 1 GPU (job 7015)"}
     assert all(r["wall s"] == "" for r in tables["time"]) and "version 1 has no time parts" in proc.stdout
@@ -552,3 +550,117 @@ def test_several_gpus_against_one_on_the_committed_two_gpu_runs(tmp_path):
     assert "## Several GPUs against one" in proc.stdout
     help_text = tool("--help", cwd=ROOT).stdout
     assert all(column in help_text for column in rows[0] if column != "run")
+
+
+def test_against_the_reference_runs_flags_what_falls_outside_with_its_cause(tmp_path):
+    """Copies of a committed two-H200 run as a participant's runs: one as it was (nothing
+    flagged), one with a slow start, a slow GPU and another process's memory on its GPU."""
+    reference = TWO_GPUS / "deepspeed-multi-gpu"
+    name = "zero1-1gpu-local-20261201-091311-842"
+    mine = tmp_path / "deepspeed-multi-gpu"
+    for copy in ("same-1", "slow-2"):
+        shutil.copytree(reference / "runs" / name, mine / "runs" / copy)
+        (mine / "log").mkdir(parents=True, exist_ok=True)
+        shutil.copy(reference / "log" / f"{name}-gpu-memory-vm.csv", mine / "log" / f"{copy}-gpu-memory-vm.csv")
+    slow = mine / "runs" / "slow-2" / "run_metrics.json"
+    m = json.loads(slow.read_text())
+    m["time_seconds"]["startup"] += 30
+    m["steady_train_samples_per_second"] *= 0.7
+    slow.write_text(json.dumps(m))
+    gpu_log = mine / "log" / "slow-2-gpu-memory-vm.csv"
+    fields = gpu_log.read_text().splitlines()[-1].split(", ")  # a last reading: 140,000 MiB used
+    fields[3] = "140000"
+    gpu_log.write_text(gpu_log.read_text() + ", ".join(fields) + "\n")
+    proc = tool(tmp_path, "--against", TWO_GPUS, "--no-plots", "--no-estimate", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    section = proc.stdout.split("## Against the reference runs of")[1].split("\n## ")[0]
+    flagged = [line for line in section.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    assert flagged and all("(job 2)" in line for line in flagged), section  # the copy as it was: none
+    said = {line.split("|")[2].strip(): line for line in flagged}
+    assert set(said) == {"steady samples/s", "startup s", "peak GPU MiB"}, section
+    assert "below" in said["steady samples/s"] and "another job on the GPU" in said["steady samples/s"]
+    assert "above" in said["startup s"] and "file system" in said["startup s"]
+    assert "another process on the GPU" in said["peak GPU MiB"]
+    assert all("ZeRO-1 fp16 1 GPU (job 842)" in line for line in flagged)  # its reference
+
+
+def test_a_stage_submitted_from_the_repository_root_finds_its_logs_in_the_roots_log(made, tmp_path):
+    """sbatch baseline/baseline.slurm from the root: SLURM writes log/baseline-55.out (and the
+    memory logs) in the root's log/, the run goes to baseline/runs/; the log's first line names
+    the run folder as it was on the machine that ran it."""
+    shutil.copytree(made[0] / "baseline" / "runs" / BASELINE, tmp_path / "baseline" / "runs" / "baseline-55")
+    (tmp_path / "log").mkdir()
+    (tmp_path / "log" / "baseline-55.out").write_text(
+        "run baseline-55 on gpu01, output in /home/someone/workshop/baseline/runs/baseline-55\n")
+    shutil.copy(GPU_CSV, tmp_path / "log" / "baseline-55-gpu-memory-gpu01.csv")
+    (tmp_path / "log" / "deepspeed-single-gpu-56.out").write_text(  # another stage's job
+        "run deepspeed-single-gpu-56 on gpu01, output in /home/someone/workshop/deepspeed-single-gpu/runs/x\n")
+    proc = tool("baseline", "--no-plots", "--no-estimate", "--csv", "csv", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    tables = {name: list(csv.DictReader((tmp_path / "csv" / f"{name}.csv").read_text().splitlines()))
+              for name in ("objective1", "objective2")}
+    assert [(r["run"], r["status"]) for r in tables["objective1"]] == [("baseline-55", "complete")]
+    assert {r["run"] for r in tables["objective2"]} == {"baseline-55"}
+
+
+H200 = ROOT / "docs" / "results" / "h200-2026-12-01"
+
+
+def test_a_results_tree_copied_anywhere_ties_each_log_to_its_run(tmp_path):
+    """The H200 results as committed, copied elsewhere: the logs' first lines name folders of
+    the machine that ran them (/root/out/bench/workshop); every run is found at any depth with
+    its GPU log, and only a log without any run stays "logs only"."""
+    shutil.copytree(H200, tmp_path / "h200")
+    proc = tool(tmp_path / "h200", "--no-plots", "--no-estimate", "--csv", tmp_path / "csv", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    rows = list(csv.DictReader((tmp_path / "csv" / "objective1.csv").read_text().splitlines()))
+    with_gpu_logs = {r["run"] for r in csv.DictReader((tmp_path / "csv" / "objective2.csv").read_text().splitlines())}
+    assert [r["run"] for r in rows if r["status"] == "logs only"] == ["two-nodes-on-one-gpu"]
+    metrics = {p.parent for p in H200.rglob("run_metrics.json")}
+    assert len([r for r in rows if r["status"] == "complete"]) >= len(metrics) - 1  # the 7b1 OOM failed
+    for name in ("workshop", "fast-path", "fast-path-compiled-cold", "ds_zero1-fast-path-compiled-warm"):
+        assert name in with_gpu_logs, name
+    # --max_steps runs (3 steps of bloom-7b1) have no epoch column; their eval loss is the last
+    short = next(r for r in rows if r["status"] == "complete" and r["last eval step"] == "3")
+    assert "eval loss ep0" not in rows[0] and short["eval loss ep1"] == "" and short["last eval loss"]
+
+
+def test_plan_columns_say_per_rank_and_per_node_on_two_gpu_runs(tmp_path):
+    from workshop.memory_plan import predict_run, unrecorded
+    proc = tool(TWO_GPUS / "deepspeed-multi-gpu", "--csv", tmp_path, "--no-plots", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    for r in csv.DictReader((tmp_path / "comparison.csv").read_text().splitlines()):
+        run_dir = next(TWO_GPUS.glob(f"*/runs/{r['run']}"))
+        m = json.loads((run_dir / "run_metrics.json").read_text())
+        p = predict_run(m, **unrecorded(run_dir, m))
+        assert (number(r["plan host MiB/rank"]), number(r["plan host MiB/node"])) == pytest.approx(
+            (p["host_mib"], p["host_node_mib"]))
+        if m["world_size"] == 2:
+            assert number(r["plan host MiB/node"]) > 1.5 * number(r["plan host MiB/rank"])
+
+
+def test_plots_stay_a_page_at_thirty_runs(tmp_path):
+    """The H100 results (30 runs): panels by stage, a page high at most; identical curves said."""
+    import matplotlib.image
+    proc = tool(RESULTS, "--plots", tmp_path, "--no-estimate", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    for name in ("loss.png", "gpu-memory.png"):
+        height, width = matplotlib.image.imread(tmp_path / name).shape[:2]
+        assert height <= 2400 and width <= 1400, (name, width, height)
+    Run, plots = tools_module("run_files").Run, tools_module("table_plots")
+    runs = [Run(f"r{i}", label=f"same {i}", losses=[(1, 2.0), (2, 1.5)]) for i in range(2)]
+    assert len(plots.same_curves(runs, lambda r: r.losses)) == 1
+
+
+
+def test_the_roots_log_folder_alone_finds_runs_named_from_another_machine(made, tmp_path):
+    """`tools/tables.py log` in a repository whose jobs ran elsewhere (copied back): the first
+    line's path ends in baseline/runs/<run>, which is found below the folder above log/."""
+    shutil.copytree(made[0] / "baseline" / "runs" / BASELINE, tmp_path / "baseline" / "runs" / "baseline-57")
+    (tmp_path / "log").mkdir()
+    (tmp_path / "log" / "baseline-57.out").write_text(
+        "run baseline-57 on gpu01, output in /scratch/someone/baseline/runs/baseline-57\n")
+    proc = tool("log", "--no-plots", "--no-estimate", "--csv", "csv", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    rows = list(csv.DictReader((tmp_path / "csv" / "objective1.csv").read_text().splitlines()))
+    assert [(r["run"], r["status"]) for r in rows] == [("baseline-57", "complete")]

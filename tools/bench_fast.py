@@ -8,10 +8,10 @@ its start, so a job's time is all of it (Python's start, imports, building the m
 compiling, training, evaluating, answering, saving). Random weights from ARCH
 (tools/bloom_architecture.py), the first 500 rows of DATA, the same seed. In one call, in
 this order: the workshop's configuration (the reference), the fast path as it chooses for
-this many steps (config.py compiles its blocks only where that pays), the fast path with
-compiled blocks asked for, with an empty compile cache (COMPILE_CACHE: cold) and again with
-the cache it left (warm); then the compiled fast path through DeepSpeed for each --deepspeed
-config (warm cache, --deepspeed_steps steps: their steady speed only).
+this many steps (workshop.settings.compiling_pays: compiled only where that pays), the fast
+path with compiled blocks asked for, with an empty compile cache (COMPILE_CACHE: cold) and
+again with the cache it left (warm); then the compiled fast path through DeepSpeed for each
+--deepspeed config (warm cache, --deepspeed_steps steps: their steady speed only).
 
 Prints a table: job seconds and their ratio to the workshop's job with the same cache, the
 fixed cost (job minus training steps, evaluation and answer generation), compiling seconds,
@@ -29,6 +29,10 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+import pandas as pd
+
+from workshop.metrics import fixed_cost
 
 ROOT = Path(__file__).resolve().parents[1]
 JOBS = {"baseline": "baseline/baseline.slurm",
@@ -60,11 +64,6 @@ def run_job(name, stage, options, env, args):
         print(f"{name}: failed (exit status {proc.returncode}), see {log}", flush=True)
         return None
     return json.loads(metrics.read_text())
-
-
-def fixed_cost(m):
-    parts = m["time_seconds"]
-    return m["wall_seconds"] - parts["training_steps"] - parts["evaluation"] - parts["answer_generation"]
 
 
 def deviation(m, reference):
@@ -122,24 +121,26 @@ def main():
         sys.exit("bench_fast: the workshop's own job failed: no reference")
     print(f"\n{reference['gpu']}; torch {reference['versions']['torch']}; "
           f"{args.epochs} epochs of {reference['train_samples']} rows\n")
-    print("| variant | job s | job / workshop's | fixed cost s | compiling s (steps) | training steps s "
-          "| steady samples/s | steady x workshop | steady / compiled fast path | eval loss deviation |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    drifted = []
+    rows, drifted = [], []
     for name, m in results.items():
         if m is None:
-            print(f"| {name} | failed | | | | | | | | |")
+            rows.append({"variant": name, "job s": "failed"})
             continue
         parts, speed = m["time_seconds"], m["steady_train_samples_per_second"]
         dev = deviation(m, reference) if m["epochs"] else None
         if dev is not None and dev > args.tolerance:
             drifted.append(f"{name}: {dev:.2%}")
-        vs_fast = f"{speed / plain_fast['steady_train_samples_per_second']:.2f}" if plain_fast else ""
-        print(f"| {name} | {m['wall_seconds']:.1f} | {m['wall_seconds'] / reference['wall_seconds']:.2f} | "
-              f"{fixed_cost(m):.1f} | {parts['compiling']:.1f} ({m['compiling_steps']}) | "
-              f"{parts['training_steps']:.1f} | {speed:.1f} | "
-              f"{speed / reference['steady_train_samples_per_second']:.2f} | {vs_fast} | "
-              f"{'' if dev is None else f'{dev:.2%}'} |")
+        rows.append({
+            "variant": name, "job s": f"{m['wall_seconds']:.1f}",
+            "job / workshop's": f"{m['wall_seconds'] / reference['wall_seconds']:.2f}",
+            "fixed cost s": f"{fixed_cost(m):.1f}",
+            "compiling s (steps)": f"{parts['compiling']:.1f} ({m['compiling_steps']})",
+            "training steps s": f"{parts['training_steps']:.1f}", "steady samples/s": f"{speed:.1f}",
+            "steady x workshop": f"{speed / reference['steady_train_samples_per_second']:.2f}",
+            "steady / compiled fast path": f"{speed / plain_fast['steady_train_samples_per_second']:.2f}"
+            if plain_fast else "",
+            "eval loss deviation": "" if dev is None else f"{dev:.2%}"})
+    print(pd.DataFrame(rows).fillna("").to_markdown(index=False))
     if drifted:
         sys.exit(f"bench_fast: eval loss beyond {args.tolerance:.0%} of the workshop's: {'; '.join(drifted)}")
 

@@ -12,16 +12,9 @@ import argparse
 import json
 from pathlib import Path
 
-from transformers import BloomConfig
-
 from make_tiny import build_tokenizer, tokenizer_corpus
+from workshop.models import BLOOM, bloom_config
 
-BLOOM = {  # hidden size, layers, heads (vocabulary 250,880 for all)
-    "bloom-560m": (1024, 24, 16),
-    "bloom-1b7": (2048, 24, 16),
-    "bloom-3b": (2560, 30, 32),
-    "bloom-7b1": (4096, 30, 32),
-}
 TOKENIZER_VOCABULARY = 50_000  # enough for SQuAD's English; the model keeps BLOOM's 250,880 rows
 
 
@@ -31,9 +24,7 @@ def main():
     parser.add_argument("data", type=Path, help="folder with train.jsonl (SQuAD rows)")
     parser.add_argument("out", type=Path)
     args = parser.parse_args()
-    hidden, layers, heads = BLOOM[args.name]
-    config = BloomConfig(vocab_size=250_880, hidden_size=hidden, n_layer=layers, n_head=heads,
-                         bos_token_id=1, eos_token_id=2, pad_token_id=3)
+    config = bloom_config(args.name, bos_token_id=1, eos_token_id=2, pad_token_id=3)
     config.save_pretrained(args.out)
     rows = [json.loads(line) for line in (args.data / "train.jsonl").read_text().splitlines()]
     build_tokenizer(tokenizer_corpus(rows), TOKENIZER_VOCABULARY).save_pretrained(args.out)

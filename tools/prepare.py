@@ -17,11 +17,10 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "baseline"))
-from config import WorkshopArguments  # noqa: E402  the workshop's defaults, in one place
-from data_loader import SPLIT_FILES, load_split  # noqa: E402
+from workshop.settings import WorkshopArguments
+from workshop.squad import SPLIT_FILES, is_local_path, load_split
 
+ROOT = Path(__file__).resolve().parents[1]
 DEFAULTS = {f.name: f.default for f in fields(WorkshopArguments)}
 MODEL_FILES = ["*.json", "*.safetensors", "tokenizer*", "*.model"]  # not the other formats' copies
 
@@ -31,11 +30,19 @@ def prepare_model(name_or_path, out):
     source = Path(name_or_path).expanduser()
     if source.is_dir():
         shutil.copytree(source, out, dirs_exist_ok=True)
-    elif name_or_path.startswith((".", "/", "~")):
+    elif is_local_path(name_or_path):
         raise ValueError(f"model folder {name_or_path} does not exist")
     else:
-        from huggingface_hub import snapshot_download
-        snapshot_download(name_or_path, local_dir=out, allow_patterns=MODEL_FILES)
+        from huggingface_hub import is_offline_mode, snapshot_download
+        from huggingface_hub.errors import LocalEntryNotFoundError
+        try:
+            snapshot_download(name_or_path, local_dir=out, allow_patterns=MODEL_FILES)
+        except LocalEntryNotFoundError:  # no network, or HF_HUB_OFFLINE=1: not a hub answer
+            raise ValueError(
+                f"{name_or_path} cannot be fetched: the hub is "
+                f"{'off here (HF_HUB_OFFLINE=1)' if is_offline_mode() else 'not reachable from this machine'}. "
+                f"Run this on a machine with internet (the login node) and copy the folder it makes "
+                f"here, or give --model_name_or_path a model folder") from None
     from transformers import AutoConfig, AutoTokenizer
     AutoConfig.from_pretrained(out)  # both readable from the folder alone
     AutoTokenizer.from_pretrained(out)

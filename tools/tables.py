@@ -3,6 +3,7 @@
     python tools/tables.py baseline deepspeed-single-gpu           # stage folders
     python tools/tables.py baseline/runs/baseline-1234 --csv tables  # a run; CSV files too
     python tools/tables.py deepspeed-multi-node/log --no-plots       # a log/ folder
+    python tools/tables.py baseline --against docs/results/h200-2026-12-01  # beside the reference
 
 It reads, for each run, only what is documented: run_metrics.json (docs/metrics.md, schema
 versions 1 and 2), trainer_state.json (the Trainer's log history, in the run folder or its
@@ -12,29 +13,45 @@ Of the job's output log/<run>.out it reads the first line ("run <name> on <host>
 in <DIR>") and, for a run that did not complete, why: the last `error: ...` line (train.py and
 the jobs print it last), else SLURM's, a Python exception's or the launcher's last word.
 
-A PATH may be a run folder (its logs are found in the log/ folder beside its runs/ folder),
-a stage's log/ folder, a stage folder, the repository, or one file of a run. A run reached
-through several PATHs is listed once.
+A PATH may be a run folder, a stage's log/ folder, a stage folder, the repository, a results
+tree as committed or copied (any depth), or one file of a run. Runs are found by their own
+files; each job log is tied to its run folder: the one its first line names where that exists
+here, else runs/<name> beside log/, else the nearest run folder of that name (a log written on
+another machine names that machine's folders). A stage submitted from the repository root has
+its logs in the root's log/: they are taken for the stage's runs. A run reached through several
+PATHs is listed once. Below a PATH, docs/ is not searched (the repository's own reference runs:
+name docs/results/... to read them).
+
+--against RESULTS puts each run beside the reference runs of the same configuration and GPU
+kind under RESULTS (docs/results/<gpu>), and lists what falls outside their measured spread
+(speed, memory, loss, time parts) with its likely cause (tools/against.py).
 
 Below the tables, Notes say what is missing or odd: for each run that did not complete, how
 far it got and why; each caveat once, with the runs it concerns. A file that cannot be read
 (empty CSV, unreadable JSON, a metrics file of an unknown schema_version) is one line on
 stderr; the exit status is 1 only when nothing at all can be reported. The estimates build
-the model on the meta device from its config: run_metrics.json's architecture (v2), else the
-saved model in the run folder, else an architectures.json beside the results mapping the
-model's path to a BLOOM size (v1), else the model folder the metrics name.
+the model on the meta device from its config (workshop/models.py): run_metrics.json's
+architecture (v2), else the saved model in the run folder, else an architectures.json beside
+the results mapping the model's path to a BLOOM size (v1), else the model folder the metrics
+name; the plan's columns are workshop/memory_plan.py's predict_run, with what the run does not
+record from such a file (its unrecorded()), as tests/test_plan.py checks the plan.
 """
 import argparse
 import contextlib
-import glob
 import importlib.util
 import json
-import re
 import sys
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
+
+from against import CONFIGURATION, ROOM, TIME_ROOM_SECONDS, compare, highest
+from run_files import Refused, load, merge, runs_in
+from table_plots import plot
+from workshop.memory_plan import predict_run, unrecorded
+from workshop.metrics import TIME_PARTS, fixed_cost
+from workshop.models import architecture, bloom_config
 
 COLUMNS = """\
 In every table:
@@ -53,13 +70,15 @@ Objective 1 (one row per run):
   steps/epoch        optimizer steps per epoch
   train loss         the Trainer's train_loss: mean loss over all steps of the run (blank
                      when the run did not finish)
-  eval loss epN      evaluation loss after epoch N
+  eval loss epN      evaluation loss after epoch N (not for runs limited by --max_steps)
+  last eval loss, last eval step
+                     the run's last evaluation and the optimizer step it came after
   train samples/s    the Trainer's train_samples_per_second: the whole train() call, so
                      start-up, evaluation and checkpoint saving included
   steady samples/s   optimizer steps only, first step and compiling steps excluded, all GPUs
                      together: the speed to compare configurations by. Measured on the CPU
                      (no GPU name and no GPU allocation in run_metrics.json) it says nothing
-                     about GPU speed, and a warning says so
+                     about GPU speed: the Markdown says CPU instead (so do the efficiencies)
   eval samples/s     the Trainer's eval_samples_per_second, mean over the epochs
   EM before, F1 before, EM after, F1 after
                      SQuAD exact match and F1 (%) of the model's greedy answers to the
@@ -89,8 +108,6 @@ Comparison (one row per run):
   peak GPU MiB       highest memory.used of any GPU in the run's nvidia-smi CSVs (every GPU
                      nvidia-smi sees on the node: on a shared node, others' jobs too)
   peak alloc MiB     highest torch.cuda.max_memory_allocated() of any rank (tensors only)
-  peak host MiB      highest resident memory of a node's training ranks (the host memory log)
-  host MiB/rank      highest peak RSS of one rank (ru_maxrss, from run_metrics.json)
   est. GPU MiB       memory for model states (parameters, gradients, optimizer states) per
                      GPU, from DeepSpeed's own estimators (stage_1_and_2 and stage3
                      estimate_zero{2,3}_model_states_mem_needs, the numbers their *_all_cold
@@ -102,16 +119,21 @@ Comparison (one row per run):
                      fp32 weights (4) + fp32 gradients (4) + two fp32 moments (8), which the
                      Trainer keeps for fp32 and fp16/bf16 (autocast) alike. Activations, CUDA
                      context and allocator cache are not in it.
-  plan GPU MiB       the project's own plan (tools/plan.py's predict_run for the run's settings):
-                     everything on one GPU, activations and logits included; compare with
-                     peak alloc MiB. Blank, with one note, where tools/plan.py is not there
-  est. host MiB      DeepSpeed's estimate of host memory per node (blank without DeepSpeed)
-  plan host MiB      the plan's host memory per node; compare with peak host MiB
+  plan GPU MiB       the project's own plan (workshop/memory_plan.py's predict_run for the
+                     run's settings, as tools/plan.py and tests/test_plan.py use it): one GPU's
+                     peak, activations and logits included; compare with peak alloc MiB
+  host MiB/rank      highest peak RSS of one rank (ru_maxrss, from run_metrics.json)
+  plan host MiB/rank the plan's peak RSS of the rank that saves the model; compare with host MiB/rank
+  peak host MiB/node highest reading of the host memory log: the resident memory of one node's
+                     whole job (its ranks, and compile workers and op builds where they run)
+  est. host MiB/node DeepSpeed's estimate of host memory per node (blank without DeepSpeed)
+  plan host MiB/node the plan's host memory of one node's ranks together
   estimate from      the basis of the est. columns; blank with a note when the model's
                      config is not found
 Several GPUs against one (a row per run of several GPUs that has a one-GPU run of the same
 configuration among the runs: model, ZeRO stage, offload, precision, fast path, compiled blocks,
-batch per GPU, accumulation, length, gradient checkpointing, GPU; printed only when there is one):
+batch per GPU, accumulation, length, padding, gradient checkpointing, GPU; printed only when
+there is one):
   GPUs               ranks of the run
   one GPU            the one-GPU run it is compared with
   scaling            weak: each GPU trained as many samples as the one GPU did (500 rows per
@@ -125,290 +147,19 @@ batch per GPU, accumulation, length, gradient checkpointing, GPU; printed only w
                      steady samples/s of both, all GPUs together
   peak alloc MiB, one GPU peak alloc MiB, saved MiB/GPU
                      peak alloc MiB (above) of both, and what the N GPUs save on each GPU
-Plots (in the plots folder, one colour per run in each): loss.png (train loss per step, eval
-loss per epoch), gpu-memory.png (memory.used against minutes since the log started, one panel
-per run, a shade of the run's colour per GPU) and time.png (where the time went, a stacked bar
-per run).
+Against the reference runs (--against; a row per run and measure outside the spread):
+  measure            steady samples/s, peak alloc MiB, peak GPU MiB, host MiB/rank (above), the
+                     last eval loss, or a time part (where the time went)
+  yours, reference   the run's value; the references' lowest-highest (one value: one reference)
+  outside            above or below the spread, widened by the room the Markdown states
+  likely cause       what usually makes that measure differ
+  references         the reference runs of the same configuration, GPU kind and count
+Plots (in the plots folder): loss.png (train loss per step, eval loss per evaluation) and
+gpu-memory.png (memory.used against minutes since the log started), a panel per stage (at
+most 8 runs each), a colour per configuration within a panel, each curve labelled at its end,
+runs with identical curves under one label; time.png (where the time went, a stacked bar per
+run, grouped by stage, a colour per part).
 """
-SCHEMA_VERSIONS = (1, 2)  # docs/metrics.md; a file without schema_version is version 1
-TIME_PARTS = ("startup", "compiling", "training_steps", "evaluation", "checkpoint_saving",
-              "answer_generation", "final_save", "other")
-WORK = ("training_steps", "evaluation", "answer_generation")  # the rest is the fixed cost
-STATUS = {"complete": "complete", "stopped_on_request": "stopped to resume", "failed": "failed",
-          "interrupted": "interrupted"}
-LOG_FILE = re.compile(r"^(?P<run>.+?)(\.out|-(gpu|host)-memory-(?P<node>.+)\.csv)$")
-OUTPUT_LINE = re.compile(r"^run (\S+) on .*output in (.+)$")  # the job's first line
-REASONS = [  # why a run failed, best first: in the job's log, and where run_metrics.json's error ranks
-    (re.compile(r"^(?!slurmstepd|srun)(?:[\w.-]+: )?error: (.+)"), "{}"),  # train.py's and the jobs' own, last
-    (re.compile(r"(CANCELLED AT .+?|.*oom[-_]kill.*?)[ *]*$"), "SLURM: {}"),
-    None,  # run_metrics.json's error (the same as train.py's error line; "stopped by signal N")
-    (re.compile(r"\b([\w.]+(?:Error|Exception): .+)"), "{}"),
-    (re.compile(r"exits with return code = (-?\d+)"), "the launcher: a rank exited with return code {}"),
-    (re.compile(r"^srun: error: (.+)"), "srun: {}")]
-SKIP_DIRS = re.compile(r"^(\.|checkpoint-|__pycache__|node_modules|tables$)")
-
-
-class NoData(Exception):
-    """A file that exists but holds nothing to report; the message says what is wrong."""
-
-
-class Refused(Exception):
-    """A metrics file this tool does not know how to read; the message names it."""
-
-
-@dataclass
-class Run:
-    """One run: where it is, what it left (load), and what the tables say of it (main)."""
-    name: str
-    run_dir: Path = None  # the Trainer's --output_dir
-    log_dir: Path = None  # the stage's log/ folder
-    metrics: dict = None  # run_metrics.json; version 1 read with a status (from `complete`)
-    state: dict = None  # trainer_state.json with the longest log history
-    gpu: pd.DataFrame = None  # the nvidia-smi CSVs, a node column added
-    host: pd.DataFrame = None  # the host memory logs, a node column added
-    epochs: list = field(default_factory=list)  # dicts: epoch, step, eval_loss, ...
-    losses: list = field(default_factory=list)  # (step, loss) of every logged step
-    status: str = None  # Objective 1's status; None: nothing to report
-    notes: list = field(default_factory=list)  # about this run alone (how far, why it stopped)
-    caveats: list = field(default_factory=list)  # said once in the Notes for all runs they concern
-    problems: list = field(default_factory=list)  # files that could not be read (stderr)
-    label: str = None  # what the run is, unique among the runs reported
-    estimate: dict = field(default_factory=dict)  # the comparison's est. and plan columns
-
-    @property
-    def m(self):
-        return self.metrics or {}
-
-    @property
-    def stage(self):
-        """The stage the metrics name, else the folder above runs/ or log/."""
-        folder = self.log_dir or (self.run_dir.parent if self.run_dir else None)
-        return self.m.get("stage") or (folder.parent.name if folder and folder.name in ("log", "runs") else None)
-
-    @property
-    def on_cpu(self):
-        """Trained without a GPU: no GPU name and no GPU allocation in the metrics."""
-        return bool(self.metrics) and not self.m.get("gpu") and not any(
-            self.m.get("peak_gpu_memory_allocated_mib") or [])
-
-
-# Finding the runs ----------------------------------------------------------------------------
-
-def is_run_dir(path):
-    """A folder the Trainer wrote to: train.py's metrics, or a checkpoint (a run killed before
-    its end has no metrics file, but its checkpoints hold the log history)."""
-    return any((path / name).is_file() for name in ("run_metrics.json", "trainer_state.json")) or any(
-        path.glob("checkpoint-*/trainer_state.json"))
-
-
-def run_of_log(log_dir, name):
-    """The run of log/<name>.*, with its run folder: the one the job's first line names
-    ("output in DIR", relative to the stage folder or absolute), else ../runs/<name>."""
-    run_dir, out = log_dir.parent / "runs" / name, log_dir / f"{name}.out"
-    with contextlib.suppress(OSError):
-        with out.open(errors="replace") as lines:
-            first = next((line for line, _ in zip(lines, range(50)) if OUTPUT_LINE.match(line)), "")
-        if m := OUTPUT_LINE.match(first.strip()):
-            run_dir = log_dir.parent / m[2].strip()
-    return Run(name, run_dir=run_dir if is_run_dir(run_dir) else None, log_dir=log_dir)
-
-
-def runs_in(path, depth=3):
-    """The runs a path holds: a run folder, a log/ folder, a stage folder, the repository, or
-    a single file of a run (run_metrics.json, <run>.out, one of its CSVs).
-
-    A run folder under <stage>/runs/ gets <stage>/log/ for its logs.
-    """
-    if path.name in ("run_metrics.json", "trainer_state.json"):  # in a run folder or a checkpoint
-        return runs_in(path.parent.parent if path.parent.name.startswith("checkpoint-") else path.parent)
-    if path.is_file():
-        return [run_of_log(path.parent, m["run"])] if (m := LOG_FILE.match(path.name)) else []
-    if is_run_dir(path):
-        stage = path.parent.parent if path.parent.name == "runs" else None
-        return [Run(path.name, run_dir=path, log_dir=stage / "log" if stage else None)]
-    names = sorted({m["run"] for p in path.iterdir() if (m := LOG_FILE.match(p.name)) and p.is_file()})
-    found = [run_of_log(path, name) for name in names]
-    if depth > 0:
-        for child in sorted(p for p in path.iterdir() if p.is_dir() and not SKIP_DIRS.match(p.name)):
-            found += runs_in(child, depth - 1)
-    return found
-
-
-def merge(runs):
-    """One Run per run, however many of the given paths led to it."""
-    def same(a, b):
-        return ((a.run_dir and b.run_dir and a.run_dir.resolve() == b.run_dir.resolve())
-                or (a.name == b.name and a.log_dir and b.log_dir and a.log_dir.resolve() == b.log_dir.resolve()))
-    merged = []
-    for run in runs:
-        i = next((i for i, r in enumerate(merged) if same(r, run)), None)
-        if i is None:
-            merged.append(run)
-        else:
-            merged[i] = replace(merged[i], run_dir=merged[i].run_dir or run.run_dir,
-                                log_dir=merged[i].log_dir or run.log_dir)
-    return merged
-
-
-# Reading what a run left ---------------------------------------------------------------------
-
-def parse_time(column):
-    """nvidia-smi's "2024/05/01 12:34:56.789" and the host logger's "2024/05/01 12:34:56"."""
-    times = pd.to_datetime(column, format="%Y/%m/%d %H:%M:%S.%f", errors="coerce")
-    return times.fillna(pd.to_datetime(column, format="mixed", errors="coerce")) if times.isna().any() else times
-
-
-def read_csv(path, needed):
-    """A logger's CSV with its columns named without units ("memory.used [MiB]" -> "memory.used")
-    and its values as numbers (" 1234 MiB" -> 1234); rows cut off or unreadable are dropped."""
-    try:
-        df = pd.read_csv(path, skipinitialspace=True, dtype=str, on_bad_lines="skip")
-    except pd.errors.EmptyDataError:
-        raise NoData(f"{path} is empty") from None
-    except (OSError, pd.errors.ParserError, UnicodeDecodeError) as e:
-        raise NoData(f"{path} cannot be read ({str(e).splitlines()[0]})") from None
-    df.columns = [re.sub(r"\s*\[.*\]$", "", c.strip()) for c in df.columns]
-    if not set(needed) <= set(df.columns):
-        raise NoData(f"{path} has no column {', '.join(sorted(set(needed) - set(df.columns)))}")
-    for c in df.columns.drop(["timestamp", "name"], errors="ignore"):
-        df[c] = pd.to_numeric(df[c].str.extract(r"^\s*(-?[\d.]+)", expand=False), errors="coerce")
-    df["time"] = parse_time(df["timestamp"])
-    df = df.dropna(subset=[needed[-1], "time"])
-    if df.empty:
-        raise NoData(f"{path} has a header but no readings")
-    return df
-
-
-def logs(run, kind, problems):
-    """The run's <run>-<kind>-memory-<node>.csv files as one DataFrame with a node column."""
-    frames = []
-    for path in sorted(run.log_dir.glob(f"{glob.escape(run.name)}-{kind}-memory-*.csv")) if run.log_dir else []:
-        try:
-            df = read_csv(path, ["timestamp", "index", "memory.used"] if kind == "gpu" else ["timestamp", "rss_mib"])
-            frames.append(df.assign(node=LOG_FILE.match(path.name)["node"]))
-        except NoData as e:
-            problems.append(str(e))
-    return pd.concat(frames, ignore_index=True) if frames else None
-
-
-def read_metrics(path, problems):
-    """run_metrics.json as schema version 2 names it (docs/metrics.md): version 1's `complete`
-    read as a status. Refused: a schema_version this tool does not know."""
-    if not path or not path.is_file():
-        return None
-    try:
-        m = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        problems.append(f"{path} cannot be read ({type(e).__name__}: {str(e)[:100]}; cut off while written?)")
-        return None
-    if not isinstance(m, dict):
-        problems.append(f"{path} holds no JSON object")
-        return None
-    version = m.get("schema_version", 1)
-    if version not in SCHEMA_VERSIONS:
-        raise Refused(f"refused {path}: schema_version {version!r} is unknown to this tool, which "
-                      f"reads versions {' and '.join(map(str, SCHEMA_VERSIONS))} (docs/metrics.md)")
-    if version == 1:
-        m = {**m, "schema_version": 1, "status": "complete" if m.get("complete") else
-             "stopped_on_request" if m.get("stopped_on_request_at_step") else "failed"}
-    return m
-
-
-def trainer_state(run_dir):
-    """The Trainer's state with the longest log history: the run folder's own
-    trainer_state.json (train.py saves it at the end) or the newest checkpoint's (a run
-    that did not reach its end)."""
-    if not run_dir:
-        return None
-    checkpoints = sorted(run_dir.glob("checkpoint-*/trainer_state.json"),
-                         key=lambda p: int(p.parent.name.split("-")[1]))
-    states = []
-    for path in [run_dir / "trainer_state.json"] + checkpoints[::-1]:
-        with contextlib.suppress(OSError, json.JSONDecodeError):
-            states.append(json.loads(path.read_text()))
-    return max(states, key=lambda state: state.get("global_step", 0), default=None)  # ties: the run folder's
-
-
-def failure(out, recorded=None):
-    """Why a run failed, in one line: the last line of the best kind in REASONS of its job's
-    log, or the error its run_metrics.json recorded."""
-    text = out.read_text(errors="replace") if out and out.is_file() else ""
-    lines = [line.strip() for line in re.split(r"[\r\n]+", text)]
-    for reason in REASONS:
-        if reason is None and recorded:
-            return recorded
-        if reason and (found := [m[1] for line in lines if (m := reason[0].search(line))]):
-            return reason[1].format(found[-1].strip())[:300]
-    return None
-
-
-def load(run):
-    """Everything the run left, read once, and what follows from it: status and notes."""
-    problems = []
-    metrics = read_metrics(run.run_dir / "run_metrics.json" if run.run_dir else None, problems)
-    state = trainer_state(run.run_dir)
-    history = state["log_history"] if state else []
-    if metrics:  # the epochs as train.py summed them up
-        epochs = metrics.get("epochs") or []
-    else:  # from the Trainer's log history
-        epochs = [dict(epoch=round(e["epoch"]), step=e.get("step"), eval_loss=e["eval_loss"],
-                       eval_samples_per_second=e.get("eval_samples_per_second"))
-                  for e in history if "eval_loss" in e]
-    run = replace(run, metrics=metrics, state=state, epochs=epochs, problems=problems,
-                  losses=[(e["step"], e["loss"]) for e in history if "loss" in e],
-                  gpu=logs(run, "gpu", problems), host=logs(run, "host", problems))
-    status, notes = status_of(run)
-    return replace(run, status=status, notes=notes, caveats=caveats_of(run))
-
-
-def progress(run):
-    """How far a run got: epochs evaluated, steps, the newest checkpoint."""
-    s, m = run.state or {}, run.m
-    planned = f" of {s['num_train_epochs']}" if "num_train_epochs" in s else ""
-    said = [f"{len(run.epochs)}{planned} epochs evaluated"]
-    step, steps = m.get("global_step", s.get("global_step")), m.get("max_steps", s.get("max_steps"))
-    if step is not None:
-        said.append(f"step {step}" + (f" of {steps}" if steps else ""))
-    checkpoints = sorted(run.run_dir.glob("checkpoint-*/trainer_state.json"),
-                         key=lambda p: int(p.parent.name.split("-")[1])) if run.run_dir else []
-    if checkpoints:
-        said.append(f"newest {checkpoints[-1].parent.name}")
-    return ", ".join(said)
-
-
-def status_of(run):
-    """(status, notes): the first thing to know about a run, and why; status None when the
-    run left nothing to report."""
-    m = run.m
-    why = failure(run.log_dir / f"{run.name}.out" if run.log_dir else None, m.get("error"))
-    if m.get("status") == "complete":
-        return "complete", []
-    if m.get("status") == "stopped_on_request":
-        return STATUS["stopped_on_request"], [
-            f"stopped on request (the time limit's warning) after step {m.get('stopped_on_request_at_step')}, "
-            f"checkpointed, to be resumed; {progress(run)}"]
-    if m:
-        why = why or "no reason in run_metrics.json nor the job's log"
-        return STATUS.get(m["status"], str(m["status"])), [f"{m['status']}: {why}; {progress(run)}"]
-    if run.state or run.epochs:
-        if run.run_dir and (run.run_dir / "trainer_state.json").is_file():
-            return "no metrics file", [f"finished training but left no run_metrics.json; {progress(run)}"]
-        return "killed or running", [
-            f"no run_metrics.json: killed (SIGKILL, out of memory, node lost) or still running; "
-            f"{progress(run)}" + (f"; {why}" if why else "")]
-    if run.gpu is not None or run.host is not None or why:
-        return ("failed", [f"failed before training: {why}"]) if why else ("logs only", [])
-    return None, []
-
-
-def caveats_of(run):
-    """What must be said about a run's numbers, in words shared by every run it applies to."""
-    m, said = run.m, []
-    if m.get("random_weights"):
-        said.append("random weights: speed and memory are real, losses are not")
-    if run.metrics and m["schema_version"] == 1:
-        said.append("schema version 1 metrics: no time parts (their wall_seconds began at trainer.train())")
-    return said
 
 
 # What the run is -----------------------------------------------------------------------------
@@ -457,13 +208,10 @@ def labels(runs):
 
 # Estimates: DeepSpeed's and the project's plan -----------------------------------------------
 
-SIZES = {}  # config -> (total parameters, largest layer's): each model is built once
-
-
 def model_config(run):
     """The run's model config (see the module's docstring for where it is looked for), or a
     one-line reason why there is none."""
-    from transformers import AutoConfig, BloomConfig, logging
+    from transformers import AutoConfig, logging
     logging.set_verbosity_error()
     m, tried = run.m, []
     if arch := dict(m.get("architecture") or {}):
@@ -477,40 +225,21 @@ def model_config(run):
     model = m.get("model")
     if not model:
         return "no architecture and no model named in run_metrics.json"
-    sidecar = next((p / "architectures.json" for p in (run.run_dir.resolve().parents if run.run_dir else [])
-                    if (p / "architectures.json").is_file()), None)
-    with contextlib.suppress(OSError, ValueError, AttributeError, KeyError):
-        if sidecar and (size := json.loads(sidecar.read_text())["models"].get(model)):
-            from bloom_architecture import BLOOM
-            hidden, layers, heads = BLOOM[size.rsplit("/", 1)[-1]]
-            return BloomConfig(vocab_size=250_880, hidden_size=hidden, n_layer=layers, n_head=heads)
+    size = unrecorded(run.run_dir, m)["model"] if run.run_dir else None
+    if size:  # a BLOOM size named by an architectures.json beside the results
+        return bloom_config(size.rsplit("/", 1)[-1])
     stage = run.run_dir.parent.parent if run.run_dir and run.run_dir.parent.name == "runs" else Path(".")
     for source in dict.fromkeys(map(str, [stage / model, model])):  # relative to the stage folder, or a hub id
         try:
             return AutoConfig.from_pretrained(source, local_files_only=True)
         except Exception as e:  # a missing folder, a hub id not cached, an unknown architecture
             tried.append(f"{source}: {type(e).__name__}")
-    return ("model config not found (" + "; ".join(tried) +
-            (f"; {model} not in {sidecar}" if sidecar else "") + ")")
+    return "model config not found (" + "; ".join(tried) + ")"
 
 
-def model_size(config):
-    """(total parameters, largest layer's parameters), the model built on the meta device."""
-    key = config.to_json_string()
-    if key not in SIZES:
-        import torch
-        from transformers import AutoModelForCausalLM
-        with torch.device("meta"):
-            built = AutoModelForCausalLM.from_config(config)
-        # parameters() yields tied weights (BLOOM's embeddings and lm_head) once.
-        SIZES[key] = (sum(p.numel() for p in built.parameters()),
-                      max(sum(p.numel() for p in m.parameters(recurse=False)) for m in built.modules()))
-    return SIZES[key]
-
-
-def deepspeed_estimate(m, size):
-    """(GPU MiB, host MiB, basis) of model states for the run's configuration (see --help)."""
-    total, largest = size
+def deepspeed_estimate(m, arch):
+    """(GPU MiB, host MiB per node, basis) of model states for the run's configuration (--help)."""
+    total, largest = arch.params, arch.largest
     if not m.get("deepspeed_config"):
         return 16 * total / 2**20, None, "16 B/param, AdamW without DeepSpeed"
     with contextlib.redirect_stdout(sys.stderr):  # DeepSpeed logs its accelerator on stdout
@@ -535,34 +264,31 @@ def deepspeed_estimate(m, size):
     return gpu / 2**20, cpu / 2**20, basis + (", offload" if offload_opt or offload_param else "")
 
 
-def planner():
-    """(tools/plan.py's predict_run, None), or (None, why it cannot be imported)."""
-    try:
-        from plan import predict_run
-        return predict_run, None
-    except Exception as e:  # not there yet, or broken: the plan columns stay blank
-        return None, f"{type(e).__name__}: {e}"
+PLAN_COLUMNS = ("est. GPU MiB", "est. host MiB/node", "estimate from", "plan GPU MiB", "plan host MiB/rank",
+                "plan host MiB/node")
 
 
-def estimate(run, predict):
+def estimate(run, predict=predict_run):
     """The run with the comparison's estimate columns filled where its model is known, and the
-    caveats that come with them."""
+    caveats that come with them. The plan's figures come from predict_run with what the run
+    does not record (workshop.memory_plan.unrecorded), as tests/test_plan.py checks them."""
     m, caveats = run.m, list(run.caveats)
-    columns = dict.fromkeys(("est. GPU MiB", "est. host MiB", "estimate from", "plan GPU MiB", "plan host MiB"))
+    columns = dict.fromkeys(PLAN_COLUMNS)
     config = model_config(run) if run.metrics else None
     if isinstance(config, str):
         caveats.append(f"no memory estimate: {config}")
     elif config is not None:
-        gpu, host, basis = deepspeed_estimate(m, model_size(config))
-        columns.update({"est. GPU MiB": gpu, "est. host MiB": host, "estimate from": basis})
+        gpu, host, basis = deepspeed_estimate(m, architecture(config))
+        columns.update({"est. GPU MiB": gpu, "est. host MiB/node": host, "estimate from": basis})
         if m.get("deepspeed_config") and m.get("precision") == "fp32":
             caveats.append("trained in fp32: DeepSpeed's estimate assumes fp16/bf16 (2-byte parameters)")
-        if predict:
-            try:
-                plan = predict(m, model=config)
-                columns.update({"plan GPU MiB": plan["gpu_mib"], "plan host MiB": plan["host_mib"]})
-            except Exception as e:
-                caveats.append(f"no plan: tools/plan.py's predict failed ({type(e).__name__}: {str(e)[:150]})")
+        known = unrecorded(run.run_dir, m) if run.run_dir else {}
+        try:
+            plan = predict(m, **{**known, "model": known.get("model") or config})
+            columns.update({"plan GPU MiB": plan["gpu_mib"], "plan host MiB/rank": plan["host_mib"],
+                            "plan host MiB/node": plan["host_node_mib"]})
+        except Exception as e:  # not BLOOM, or settings the plan does not know
+            caveats.append(f"no plan: workshop.memory_plan's predict_run failed ({type(e).__name__}: {str(e)[:150]})")
     return replace(run, estimate=columns, caveats=caveats)
 
 
@@ -573,6 +299,19 @@ def answer_scores(quality):
     quality = quality or {}
     return {f"{name} {when}": (quality.get(when) or {}).get(key)
             for when in ("before", "after") for name, key in (("EM", "exact_match"), ("F1", "f1"))}
+
+
+def epoch_losses(run):
+    """{N: eval loss after epoch N}: the evaluations at whole epochs of the data (a run limited
+    by --max_steps evaluates at its last step, in the middle of an epoch)."""
+    m, state = run.m, run.state or {}
+    sizes = [m.get(k) for k in ("train_samples", "per_device_train_batch_size", "gradient_accumulation_steps")]
+    if all(sizes):  # steps of a whole epoch over every rank
+        per_epoch = -(-sizes[0] // (sizes[1] * sizes[2] * (m.get("world_size") or 1)))
+    else:
+        per_epoch = state.get("max_steps", 0) // max(state.get("num_train_epochs") or 1, 1)
+    return {e["epoch"]: e["eval_loss"] for e in run.epochs
+            if e.get("epoch") and (not e.get("step") or e["step"] == e["epoch"] * per_epoch)}
 
 
 def objective1(runs):
@@ -587,7 +326,9 @@ def objective1(runs):
             "epochs": f"{len(r.epochs)}/{r.state['num_train_epochs']}" if r.state else len(r.epochs) or None,
             "steps/epoch": m.get("steps_per_epoch") or (r.epochs[0].get("step") if r.epochs else None),
             "train loss": m.get("train_loss", final.get("train_loss")),
-            **{f"eval loss ep{e['epoch']}": e["eval_loss"] for e in r.epochs},
+            **{f"eval loss ep{epoch}": loss for epoch, loss in epoch_losses(r).items()},
+            "last eval loss": r.epochs[-1]["eval_loss"] if r.epochs else None,
+            "last eval step": r.epochs[-1].get("step") if r.epochs else None,
             "train samples/s": m.get("train_samples_per_second", final.get("train_samples_per_second")),
             "steady samples/s": m.get("steady_train_samples_per_second"),
             "eval samples/s": m.get("eval_samples_per_second") or (sum(evals) / len(evals) if evals else None),
@@ -595,8 +336,9 @@ def objective1(runs):
     df = pd.DataFrame(rows)
     losses = sorted((c for c in df.columns if c.startswith("eval loss ep")), key=lambda c: int(c[12:]))
     return df.reindex(columns=["run", "label", "stage", "status", "epochs", "steps/epoch", "train loss",
-                               *losses, "train samples/s", "steady samples/s", "eval samples/s",
-                               "EM before", "F1 before", "EM after", "F1 after"]).astype({"steps/epoch": "Int64"})
+                               *losses, "last eval loss", "last eval step", "train samples/s",
+                               "steady samples/s", "eval samples/s", "EM before", "F1 before", "EM after",
+                               "F1 after"]).astype({"steps/epoch": "Int64", "last eval step": "Int64"})
 
 
 def objective2(runs):
@@ -626,13 +368,8 @@ def time_table(runs):
         wall = r.m.get("wall_seconds") if parts else None
         rows.append({"run": r.name, "label": r.label, "wall s": wall,
                      **{f"{p.replace('_', ' ')} s": parts.get(p) for p in TIME_PARTS},
-                     "fixed cost s": wall - sum(parts.get(p) or 0 for p in WORK) if parts else None})
+                     "fixed cost s": fixed_cost(r.m) if parts else None})
     return pd.DataFrame(rows)
-
-
-def highest(values):
-    """The largest of a per-rank list from run_metrics.json, ranks without a reading left out."""
-    return max((v for v in values or [] if v is not None), default=None)
 
 
 def comparison(runs):
@@ -650,19 +387,17 @@ def comparison(runs):
                      "samples/s/GPU": speed / gpus if speed and gpus else None,
                      "peak GPU MiB": r.gpu["memory.used"].max() if r.gpu is not None else None,
                      "peak alloc MiB": highest(m.get("peak_gpu_memory_allocated_mib")),
-                     "peak host MiB": r.host["rss_mib"].max() if r.host is not None else None,
+                     "peak host MiB/node": r.host["rss_mib"].max() if r.host is not None else None,
                      "host MiB/rank": highest(m.get("peak_host_rss_mib")), **r.estimate})
     return pd.DataFrame(rows).reindex(columns=[
         "run", "label", "stage", "ZeRO", "offload", "precision", "GPUs", "nodes", "samples/s",
-        "samples/s/GPU", "peak GPU MiB", "peak alloc MiB", "peak host MiB", "host MiB/rank",
-        "est. GPU MiB", "plan GPU MiB", "est. host MiB", "plan host MiB", "estimate from",
-    ]).astype({"GPUs": "Int64", "nodes": "Int64"})
+        "samples/s/GPU", "peak GPU MiB", "peak alloc MiB", "est. GPU MiB", "plan GPU MiB",
+        "host MiB/rank", "plan host MiB/rank", "peak host MiB/node", "est. host MiB/node", "plan host MiB/node",
+        "estimate from"]).astype({"GPUs": "Int64", "nodes": "Int64"})
 
 
 # What must match for a one-GPU run to be another run's reference in the scaling table
-SAME_CONFIGURATION = ("architecture", "zero_stage", "offload_optimizer", "offload_param", "precision",
-                      "fast_path", "compile_blocks", "per_device_train_batch_size",
-                      "gradient_accumulation_steps", "max_length", "gradient_checkpointing", "gpu")
+SAME_CONFIGURATION = tuple(k for k in CONFIGURATION if k not in ("world_size", "nodes"))
 
 
 def scaling(runs):
@@ -700,19 +435,23 @@ def scaling(runs):
     return pd.DataFrame(rows)
 
 
-def notes(runs, general=()):
+def notes(runs):
     """The Notes: each run's own, then each caveat once with the runs it concerns."""
     lines = [f"- {r.label}: {note}" for r in runs for note in r.notes]
     for caveat in dict.fromkeys(c for r in runs for c in r.caveats):
         concerned = [r.label for r in runs if caveat in r.caveats]
         who = "all runs" if len(concerned) == len(runs) > 1 else ", ".join(concerned)
         lines.append(f"- {caveat[0].upper()}{caveat[1:]} — {who}")
-    return lines + [f"- {line}" for line in general]
+    return lines
 
 
-def markdown(df, digits, empty):
+NOT_ON_CPU = ("samples/s", "efficiency")  # columns whose CPU figures say nothing about a GPU
+
+
+def markdown(df, digits, empty, cpu=()):
     """df as a Markdown table, its labels in the run column, numbers rounded by column
-    (digits: name prefix/suffix -> decimals)."""
+    (digits: name prefix/suffix -> decimals); the rows of runs on the CPU (labels in cpu) say
+    "CPU" instead of a speed or an efficiency."""
     if df.empty:
         return empty
     df = df.drop(columns="run").rename(columns={"label": "run"})
@@ -721,104 +460,18 @@ def markdown(df, digits, empty):
         if d is not None:
             df[c] = pd.to_numeric(df[c], errors="coerce").round(d)
             df[c] = df[c].astype("Int64") if d == 0 else df[c]
-    return df.astype(object).where(df.notna(), None).to_markdown(index=False, missingval="")
+    df = df.astype(object).where(df.notna(), None)
+    on_cpu = df["run"].isin(cpu)
+    for c in [c for c in df.columns if any(k in c for k in NOT_ON_CPU)]:
+        df.loc[on_cpu & df[c].notna(), c] = "CPU"
+    return df.to_markdown(index=False, missingval="")
 
 
-# Plots ---------------------------------------------------------------------------------------
-
-def colours(runs):
-    """A distinct colour per run: tab10, then tab20's dark shades before its light ones, then
-    evenly spaced hues."""
-    import matplotlib
-    n = len(runs)
-    if n <= 10:
-        palette = matplotlib.colormaps["tab10"].colors[:n]
-    elif n <= 20:
-        tab20 = matplotlib.colormaps["tab20"].colors
-        palette = (tab20[0::2] + tab20[1::2])[:n]
-    else:
-        palette = [matplotlib.colormaps["hsv"](i / n) for i in range(n)]
-    return {r.label: c for r, c in zip(runs, palette)}
-
-
-def plot(runs, folder):
-    """loss.png, gpu-memory.png and time.png in folder; returns the files written."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    folder.mkdir(parents=True, exist_ok=True)
-    colour, written = colours(runs), []
-
-    def save(fig, name):
-        fig.tight_layout()
-        fig.savefig(folder / name, dpi=120)
-        plt.close(fig)
-        written.append(folder / name)
-
-    if curves := [r for r in runs if r.losses or any(e.get("step") for e in r.epochs)]:
-        fig, ax = plt.subplots(figsize=(11, max(5, 0.25 * len(curves) + 1)))
-        for r in curves:  # one legend entry per run: its colour
-            if r.losses:
-                ax.plot(*zip(*r.losses), "-", color=colour[r.label], alpha=0.8, label=r.label)
-            if evals := [(e["step"], e["eval_loss"]) for e in r.epochs if e.get("step")]:
-                ax.plot(*zip(*evals), "o--", color=colour[r.label], markersize=7,
-                        label=None if r.losses else r.label)
-        ax.set(xlabel="optimizer step", ylabel="loss",
-               title="Train loss (lines, each step) and eval loss (dots, each epoch)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1))
-        save(fig, "loss.png")
-    if gpu_runs := [r for r in runs if r.gpu is not None]:
-        fig, axes = plt.subplots(len(gpu_runs), 1, figsize=(9, 2.6 * len(gpu_runs) + 0.6), sharey=True, squeeze=False)
-        for ax, r in zip(axes[:, 0], gpu_runs):
-            minutes = (r.gpu["time"] - r.gpu["time"].min()).dt.total_seconds() / 60
-            gpus = list(r.gpu.assign(minutes=minutes).groupby(["node", "index"]))
-            for i, ((node, gpu), rows) in enumerate(gpus):  # darker shades of the run's colour
-                shade = [c * (1 - 0.6 * i / len(gpus)) for c in matplotlib.colors.to_rgb(colour[r.label])]
-                ax.plot(rows["minutes"], rows["memory.used"], color=shade, label=f"{node} GPU {gpu:g}")
-            ax.set_title(r.label, color=colour[r.label])
-            ax.set(ylabel="memory.used (MiB)")
-            ax.grid(alpha=0.3)
-            ax.legend(fontsize="small", loc="upper left", ncol=4)
-        axes[-1, 0].set_xlabel("minutes since the log started")
-        save(fig, "gpu-memory.png")
-    if timed := [r for r in runs if r.m.get("time_seconds")]:
-        fig, ax = plt.subplots(figsize=(11, 0.5 * len(timed) + 1.6))
-        left = [0.0] * len(timed)
-        for i, part in enumerate(TIME_PARTS):
-            seconds = [r.m["time_seconds"].get(part) or 0 for r in timed]
-            ax.barh(range(len(timed)), seconds, left=left, color=matplotlib.colormaps["Pastel1"](i),
-                    edgecolor=[colour[r.label] for r in timed], linewidth=1.5, label=part.replace("_", " "))
-            left = [a + b for a, b in zip(left, seconds)]
-        ax.set_yticks(range(len(timed)), [r.label for r in timed])
-        for tick, r in zip(ax.get_yticklabels(), timed):
-            tick.set_color(colour[r.label])
-        ax.invert_yaxis()
-        ax.set(xlabel="seconds since the job started", title="Where the time went")
-        ax.grid(alpha=0.3, axis="x")
-        ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1))
-        save(fig, "time.png")
-    return written
-
-
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, epilog="columns:\n" + COLUMNS,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("paths", nargs="+", type=Path, metavar="PATH",
-                        help="a run folder, a stage's log/ folder, a stage folder, the repository, or one log file")
-    parser.add_argument("--csv", type=Path, metavar="DIR", help="also write the tables as CSV files to DIR")
-    parser.add_argument("--plots", type=Path, metavar="DIR", default=Path("tables"),
-                        help="where the PNG plots go (default: tables/ in the current folder)")
-    parser.add_argument("--no-plots", action="store_true", help="write no plots")
-    parser.add_argument("--no-estimate", action="store_true",
-                        help="skip the memory estimates (DeepSpeed's and tools/plan.py's; they build the model)")
-    args = parser.parse_args(argv)
-    if importlib.util.find_spec("tabulate") is None:  # what DataFrame.to_markdown needs
-        sys.exit("tables: the Markdown tables need tabulate: pip install tabulate")
-
-    found, problems = [], []
-    for path in args.paths:
-        runs = runs_in(path) if path.exists() else []
+def read_runs(paths, problems):
+    """The runs the paths hold, loaded and labelled; what cannot be read goes to problems."""
+    found = []
+    for path in paths:
+        runs = runs_in([path]) if path.exists() else []
         found += runs
         if not path.exists():
             problems.append(f"{path} does not exist")
@@ -837,35 +490,70 @@ def main(argv=None):
             problems += run.problems
         else:
             problems.append(f"nothing to report for {run.name}: " + "; ".join(run.problems or ["no readable file"]))
+    return [replace(r, label=label) for r, label in zip(runs, labels(runs))]
+
+
+def against_section(runs, results):
+    """Markdown: each run's measures outside its references' spread, with their likely causes."""
+    problems = []
+    flags, said = compare(runs, read_runs([results], problems))
+    for problem in problems:
+        print(f"tables: {results}: {problem}", file=sys.stderr)
+    table = flags.to_markdown(index=False, floatfmt=",.4g") if not flags.empty else (
+        "_every measure of the runs that have a reference is within its spread_")
+    return "\n".join([table, "", f"Outside: beyond the references' lowest and highest, widened by "
+                       f"{', '.join(f'{k} {v:.0%}' for k, v in ROOM.items())} "
+                       f"(times also {TIME_ROOM_SECONDS} s)."] + [f"- {line}" for line in said])
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, epilog="columns:\n" + COLUMNS,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("paths", nargs="+", type=Path, metavar="PATH",
+                        help="a run folder, a stage's log/ folder, a stage folder, the repository, or one log file")
+    parser.add_argument("--csv", type=Path, metavar="DIR", help="also write the tables as CSV files to DIR")
+    parser.add_argument("--plots", type=Path, metavar="DIR", default=Path("tables"),
+                        help="where the PNG plots go (default: tables/ in the current folder)")
+    parser.add_argument("--no-plots", action="store_true", help="write no plots")
+    parser.add_argument("--against", type=Path, metavar="RESULTS",
+                        help="beside the reference runs of the same configuration and GPU kind in "
+                             "RESULTS (docs/results/<gpu>): what falls outside their spread, and why")
+    parser.add_argument("--no-estimate", action="store_true",
+                        help="skip the memory estimates (DeepSpeed's and the plan's; they build the model)")
+    args = parser.parse_args(argv)
+    if importlib.util.find_spec("tabulate") is None:  # what DataFrame.to_markdown needs
+        sys.exit("tables: the Markdown tables need tabulate: pip install tabulate")
+
+    problems = []
+    runs = read_runs(args.paths, problems)
     if not runs:
         sys.exit("tables: nothing to report: " + "; ".join(problems))
     for problem in problems:
         print(f"tables: {problem}", file=sys.stderr)
 
-    general = []
-    predict, why = planner() if not args.no_estimate else (None, None)
-    if why and any(r.metrics for r in runs):
-        general.append(f"plan GPU MiB, plan host MiB blank: tools/plan.py cannot be imported ({why})")
-    runs = [replace(r, label=label) for r, label in zip(runs, labels(runs))]
     if not args.no_estimate:
-        runs = [estimate(r, predict) for r in runs]
+        runs = [estimate(r) for r in runs]
     tables = {"objective1": objective1(runs), "objective2": objective2(runs), "time": time_table(runs),
               "comparison": comparison(runs), "scaling": scaling(runs)}
-    digits = {"est.": 1, "loss": 4, "eval loss": 4, "samples/s": 2, "MiB": 0, "MiB/rank": 0, "MiB/GPU": 0,
-              " s": 1, "efficiency": 2}
-    print("## Objective 1: loss and speed\n\n" + markdown(tables["objective1"], digits, ""))
-    if on_cpu := [r.label for r in runs if r.on_cpu]:
-        print(f"\n> **Warning**: speeds measured on the CPU (no GPU) say nothing about GPU speed: "
+    digits = {"est.": 1, "loss": 4, "eval loss": 4, "samples/s": 2, "MiB": 0, "MiB/rank": 0, "MiB/node": 0,
+              "MiB/GPU": 0, " s": 1, "efficiency": 2}
+    on_cpu = [r.label for r in runs if r.on_cpu]
+    print("## Objective 1: loss and speed\n\n" + markdown(tables["objective1"], digits, "", on_cpu))
+    if on_cpu:
+        print(f"\n> **Note**: trained on the CPU (no GPU), so speeds and efficiencies read `CPU`: "
+              f"they say nothing about GPU speed (the CSV files keep the numbers): "
               f"{'all runs' if len(on_cpu) == len(runs) > 1 else ', '.join(on_cpu)}.")
     print("\n## Objective 2: GPU memory from nvidia-smi (MiB)\n\n" + markdown(tables["objective2"], digits,
           "_no nvidia-smi CSV found (log/<run>-gpu-memory-<node>.csv)_"))
     timed = tables["time"] if tables["time"]["wall s"].notna().any() else tables["time"].iloc[:0]
     print("\n## Where the time went (seconds)\n\n" + markdown(timed, digits,
           "_no run_metrics.json of schema version 2 (version 1 has no time parts)_"))
-    print("\n## Comparison across runs\n\n" + markdown(tables["comparison"], digits, ""))
+    print("\n## Comparison across runs\n\n" + markdown(tables["comparison"], digits, "", on_cpu))
     if not tables["scaling"].empty:
-        print("\n## Several GPUs against one\n\n" + markdown(tables["scaling"], digits, ""))
-    if lines := notes(runs, general):
+        print("\n## Several GPUs against one\n\n" + markdown(tables["scaling"], digits, "", on_cpu))
+    if args.against:
+        print(f"\n## Against the reference runs of {args.against}\n\n" + against_section(runs, args.against))
+    if lines := notes(runs):
         print("\n## Notes\n\n" + "\n".join(lines))
     if args.csv:
         args.csv.mkdir(parents=True, exist_ok=True)
