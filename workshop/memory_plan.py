@@ -279,8 +279,11 @@ def predict(model, *, world_size=1, nodes=1, per_device_train_batch_size=4,
     # get_state_dict), tied weights once per name: the V x H embedding twice.
     save = (4 * P if zero_stage is None else b * P if zero3 else b * (P + VH)) if save_model else 0
     save_other = save if save_model and zero_stage is not None and not zero3 else 0
-    host_rank0 = max(build, train + max(defragment, save))
-    host_other = max(build, train + max(defragment, save_other))
+    # ZeRO-3 defragments its partition through the host as its engine starts, before the
+    # engine's own host memory (HOST_DEEPSPEED_MIB) is there
+    at_engine_start = train - HOST_DEEPSPEED_MIB * MIB * (zero_stage is not None) + defragment
+    host_rank0 = max(build, train + save, at_engine_start)
+    host_other = max(build, train + save_other, at_engine_start)
     return dict(
         gpu_mib=(states + acts + logits + workspace) / MIB, model_states_mib=states / MIB,
         activations_mib=acts / MIB, logits_mib=logits / MIB, workspace_mib=workspace / MIB,
