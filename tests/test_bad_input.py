@@ -543,3 +543,9 @@ def test_deepspeed_config_that_deepspeed_itself_refuses(tiny, tmp_path):
     path.write_text(json.dumps(config))
     assert_refused(train("deepspeed-single-gpu", tiny, tmp_path, "--deepspeed", str(path), launcher=True),
                    "offload-gpu.json", "DeepSpeed refuses it", "'cpu' or 'nvme'")
+
+
+def test_a_length_whose_memory_the_machine_cannot_give(tiny, tmp_path):
+    """Before: the allocator's "can't allocate 40000000000 bytes" traceback mid-step."""
+    assert_refused(train("baseline", tiny, tmp_path, max_length=60000, num_train_epochs=1),
+                   "the plan puts this run's peak at", "--max_length 60000", "tools/plan.py")

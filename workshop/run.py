@@ -399,6 +399,40 @@ def start_cpu_ranks(timeout_seconds):
     return dict(ddp_backend="gloo")
 
 
+def check_memory(args, training_args, deepspeed, longest):
+    """Refuse, before training, a run whose peak the memory plan (workshop/memory_plan.py)
+    puts above what this device can give: the GPU's memory, or the host's on the CPU."""
+    from workshop.memory_plan import fits, predict
+    cuda = training_args.device.type == "cuda"
+    try:
+        plan = predict(args.model_name_or_path, world_size=training_args.world_size,
+                       nodes=int(os.environ.get("SLURM_NNODES", 1)),
+                       per_device_train_batch_size=training_args.per_device_train_batch_size,
+                       gradient_accumulation_steps=training_args.gradient_accumulation_steps,
+                       max_length=args.max_length, zero_stage=deepspeed.stage,
+                       precision="bf16" if training_args.bf16 else "fp16" if training_args.fp16 else "fp32",
+                       offload_optimizer=bool(deepspeed.offload("optimizer")),
+                       offload_param=bool(deepspeed.offload("param")),
+                       gradient_checkpointing=bool(training_args.gradient_checkpointing),
+                       fast_path=args.fast_path, compile_blocks=bool(args.compile_blocks),
+                       pad_to_max_length=args.pad_to_max_length, longest=longest,
+                       length_multiple=args.length_multiple, save_model=args.save_model)
+    except (ValueError, OSError):  # a model the plan cannot read (not BLOOM): not checked
+        return
+    if cuda:
+        need, capacity = plan["gpu_mib"], torch.cuda.get_device_properties(training_args.device).total_memory / 2**20
+    else:  # the CPU's tensors and the process itself share the host's memory
+        need, capacity = plan["gpu_mib"] + plan["host_mib"], os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**20
+    if fits(need, capacity, gpu=cuda) == "no":
+        where = "this GPU's" if cuda else "this machine's"
+        raise ValueError(
+            f"the plan puts this run's peak at {need:,.0f} MiB per {'GPU' if cuda else 'process'} "
+            f"(--max_length {args.max_length}, batch {training_args.per_device_train_batch_size}; "
+            f"{plan['phase']}), above {where} {capacity:,.0f} MiB: lower --max_length or "
+            f"--per_device_train_batch_size, or see what fits with `python tools/plan.py "
+            f"{args.model_name_or_path}`")
+
+
 def one_line(error):
     """The reason for a failure, in one line, with what to do where that is known."""
     text = (str(error).strip().splitlines() or [""])[0]
@@ -511,8 +545,9 @@ class Run(TrainerCallback):
 
     def callbacks(self, tokenizer, data):
         """The Trainer's callbacks: the clock, checkpoints, this record, and the answers'
-        quality before training."""
+        quality before training. First, a run the memory plan says cannot fit is refused."""
         self.data = data
+        check_memory(self.args, self.training_args, self.deepspeed, data.longest)
         self.checkpoints = Checkpoints(self.training_args.output_dir, self.args.save_minutes, self.started)
         callbacks = [self.clock, self.checkpoints, self]
         if self.args.answer_quality:
