@@ -1,7 +1,8 @@
 """The run around train.py's lesson: one context that maps how the run ends to its exit status
-and writes run_metrics.json however it ends, and the Trainer callbacks that time the job and
-checkpoint it on time and on request. Nothing happens on import; entering the context installs
-the signal handlers and the compile caches, leaving it restores the handlers.
+and writes run_metrics.json however it ends, with the Trainer callbacks it attaches
+(workshop/callbacks.py) and the resume checks (workshop/resume.py). Nothing happens on import;
+entering the context installs the signal handlers and the compile caches, leaving it restores
+the handlers.
 
 Exit statuses (the .slurm jobs act on them): 0 finished, 75 stopped on request with a
 checkpoint (the job requeues itself), 1 refused or failed (the reason is the last line,
@@ -17,29 +18,20 @@ import re
 import resource
 import shutil
 import signal
-import socket
 import sys
 import tempfile
 import time
 import traceback
-import zipfile
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 from transformers import AutoConfig, TrainerCallback
 
+from workshop.callbacks import AnswerQualityBeforeTraining, Checkpoints, Clock, gather, is_distributed
 from workshop.metrics import (ARCHITECTURE_KEYS, METRICS_FILE, SCHEMA_VERSION, SETTINGS_FILE,
-                              STOPPED_TO_RESUME, TIME_PARTS, checkpoints, read_json)
-
-SAVE_AND_STOP_FILE = "save-and-stop"  # the .slurm jobs create it on SLURM's time-limit warning
-LOCK_FILE = ".run-lock"  # one run at a time in an output folder
-# Settings a resumed run must share with the run it continues (the rest may change).
-RESUME_SETTINGS = ("model_name_or_path", "random_weights", "dataset_name_or_path", "train_samples",
-                   "max_length", "pad_to_max_length", "fast_path", "per_device_train_batch_size",
-                   "gradient_accumulation_steps", "num_train_epochs", "max_steps", "learning_rate",
-                   "weight_decay", "lr_scheduler_type", "warmup_steps", "seed", "optim",
-                   "precision", "world_size", "zero_stage", "offload_optimizer", "offload_param")
+                              STOPPED_TO_RESUME, TIME_PARTS)
+from workshop.resume import resume_point, run_settings, take_lock
 
 
 def job_started_at():
@@ -79,291 +71,6 @@ def use_compile_caches():
 def environment_key():
     """The compile caches' folder name for this Python environment."""
     return f"{Path(sys.prefix).name}-{hashlib.sha1(sys.prefix.encode()).hexdigest()[:8]}"
-
-
-def is_distributed():
-    return dist.is_available() and dist.is_initialized()
-
-
-def gather(value):
-    """value from every rank, as a list (rank order); [value] without a process group."""
-    if not is_distributed():
-        return [value]
-    values = [None] * dist.get_world_size()
-    dist.all_gather_object(values, value)
-    return values
-
-
-class Clock(TrainerCallback):
-    """Where the job's seconds go, in TIME_PARTS, adding up to the job's wall time.
-
-    Start-up runs from the job's start to the first optimizer step; the training loop is then
-    split into steps, evaluation (ends at on_evaluate), checkpoint saving (ends at on_save)
-    and steps that compiled (torch.compile compiling or recording CUDA graphs: seconds, once
-    per shape). The steady speed leaves out those and the first step (allocations, kernels).
-    """
-
-    def __init__(self, started):
-        self.started = started
-        self.seconds = dict.fromkeys(TIME_PARTS, 0.0)
-        self.first_step_at = self.mark = None
-        self.steady_seconds, self.steady_steps = 0.0, 0
-        self.compiling_steps, self.resumed_at, self.events_before = 0, 0, 0
-
-    @contextlib.contextmanager
-    def timing(self, part):
-        start = time.time()
-        try:
-            yield
-        finally:
-            self.seconds[part] += time.time() - start
-
-    @staticmethod
-    def compiler_events():
-        """Compiler stages run so far (torch.compile times each, CUDA graph recording too)."""
-        if "torch._dynamo" not in sys.modules:  # nothing compiled: do not import the compiler
-            return 0
-        return sum(map(len, torch._dynamo.utils.compilation_time_metrics.values()))
-
-    def _since_mark(self):
-        now = time.time()
-        seconds, self.mark = now - self.mark, now
-        return seconds
-
-    def on_step_begin(self, args, state, control, **kwargs):
-        now = time.time()
-        if self.first_step_at is None:
-            self.first_step_at = now
-            self.seconds["startup"] = now - self.started - sum(
-                self.seconds[p] for p in ("compiling", "answer_generation"))
-        elif self.mark is not None:  # between steps: data loading, logging
-            self.seconds["training_steps"] += now - self.mark
-        self.mark, self.events_before = now, self.compiler_events()
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if args.device.type == "cuda":  # the step's kernels have run, not only been launched
-            torch.cuda.synchronize()
-        seconds = self._since_mark()
-        if self.compiler_events() != self.events_before:
-            self.seconds["compiling"] += seconds
-            self.compiling_steps += 1
-            return
-        self.seconds["training_steps"] += seconds
-        if state.global_step > 1 + self.resumed_at:  # the first step pays for start-up
-            self.steady_seconds += seconds
-            self.steady_steps += 1
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        self.resumed_at = state.global_step
-
-    def on_evaluate(self, args, state, control, **kwargs):
-        if self.mark is not None:
-            self.seconds["evaluation"] += self._since_mark()
-
-    def on_save(self, args, state, control, **kwargs):
-        if self.mark is not None:
-            self.seconds["checkpoint_saving"] += self._since_mark()
-
-    def on_train_end(self, args, state, control, **kwargs):
-        if self.mark is not None:
-            self.seconds["training_steps"] += self._since_mark()
-            self.mark = None
-
-    def parts(self):
-        """TIME_PARTS in seconds, `other` the rest of the wall time; and the wall time."""
-        wall = time.time() - self.started
-        if self.first_step_at is None:  # stopped before training: all of it was start-up
-            self.seconds["startup"] = wall - sum(v for k, v in self.seconds.items()
-                                                 if k not in ("startup", "other"))
-        named = sum(v for k, v in self.seconds.items() if k != "other")
-        return {**self.seconds, "other": wall - named}, wall
-
-
-class Checkpoints(TrainerCallback):
-    """A checkpoint every `minutes` of the run and one when SAVE_AND_STOP_FILE appears (then
-    training stops after the current step, to be resumed).
-
-    All ranks must save and stop at the same step, so rank 0 decides and tells the others in
-    one small all-reduce per optimizer step (only with several ranks).
-    """
-
-    def __init__(self, output_dir, minutes, started):
-        self.request = Path(output_dir) / SAVE_AND_STOP_FILE
-        self.every, self.last_save = minutes * 60, started
-        self.stopped_at = None  # the step after which training stopped on request
-        self.saved_at_step = False
-
-    def on_step_end(self, args, state, control, **kwargs):
-        stop = state.is_world_process_zero and self.request.exists()
-        save = state.is_world_process_zero and time.time() - self.last_save > self.every
-        if is_distributed():
-            decision = torch.tensor([float(stop), float(save)], device=args.device)
-            dist.all_reduce(decision, op=dist.ReduceOp.MAX)
-            stop, save = decision.tolist()
-        if save and state.global_step < state.max_steps:
-            control.should_save = True
-        if stop and state.global_step < state.max_steps:
-            self.stopped_at = state.global_step
-            self.saved_at_step = control.should_save  # a checkpoint was due at this step anyway
-            control.should_training_stop = True
-        return control
-
-    def on_save(self, args, state, control, **kwargs):
-        self.last_save = time.time()
-
-    def on_epoch_end(self, args, state, control, **kwargs):
-        if self.stopped_at is not None:  # the Trainer ends the epoch here, whole or not
-            if not float(state.epoch).is_integer():
-                control.should_evaluate = False  # an eval loss only for whole epochs
-            control.should_save = not self.saved_at_step  # one checkpoint, written once
-        return control
-
-
-class AnswerQualityBeforeTraining(TrainerCallback):
-    """SQuAD EM/F1 of the model as it starts (not when resuming), kept in the Trainer's log
-    history so that a resumed run still has it. It runs once DeepSpeed has set the model up:
-    under ZeRO-3 only then can the partitioned layers be gathered to generate."""
-
-    def __init__(self, tokenizer, rows, max_length, clock):
-        self.tokenizer, self.rows, self.max_length, self.clock = tokenizer, rows, max_length, clock
-
-    def on_train_begin(self, args, state, control, model=None, **kwargs):
-        if state.global_step == 0:
-            from workshop.answers import answer_quality
-            with self.clock.timing("answer_generation"):
-                scores, _ = answer_quality(model, self.tokenizer, self.rows, self.max_length, args.device)
-            state.log_history.append(dict(answer_quality_before=scores, step=0))
-
-
-def run_settings(args, training_args, deepspeed):
-    """The settings that decide what a run computes (RESUME_SETTINGS), as a dict."""
-    values = {**vars(args), **training_args.to_dict(),
-              "precision": "bf16" if training_args.bf16 else "fp16" if training_args.fp16 else "fp32",
-              "world_size": training_args.world_size, "zero_stage": deepspeed.stage,
-              "offload_optimizer": deepspeed.offload("optimizer"),
-              "offload_param": deepspeed.offload("param")}
-    return {k: values.get(k) for k in RESUME_SETTINGS}
-
-
-def intact(path):
-    """Whether a checkpoint file is whole: torch.save writes a zip archive (its directory is
-    at the end); a safetensors file says in its header how long its data is."""
-    try:
-        if path.suffix == ".safetensors":
-            header = int.from_bytes(path.open("rb").read(8), "little")
-            offsets = json.loads(path.open("rb").read(8 + header)[8:])
-            end = max((t["data_offsets"][1] for k, t in offsets.items() if k != "__metadata__"), default=0)
-            return path.stat().st_size == 8 + header + end
-        with zipfile.ZipFile(path):
-            return True
-    except (OSError, ValueError, zipfile.BadZipFile):
-        return False
-
-
-def check_checkpoint(folder, model_config, settings):
-    """Refuse a checkpoint of another model, of the other kind (DeepSpeed's or the Trainer's),
-    damaged, or of a run with other settings, naming the file and what to do."""
-    what_to_do = (f"move {folder} aside to resume from the checkpoint before it, or choose "
-                  f"another --output_dir")
-    theirs, ours = AutoConfig.from_pretrained(folder).to_dict(), model_config.to_dict()
-    if any(theirs.get(k) != ours.get(k) for k in ARCHITECTURE_KEYS):
-        raise ValueError(f"{folder} holds a checkpoint of another model "
-                         f"({', '.join(f'{k}={theirs.get(k)}' for k in ARCHITECTURE_KEYS)}); "
-                         f"choose another --output_dir")
-    deepspeed = settings["zero_stage"] is not None
-    written_by_deepspeed = any(folder.glob("global_step*")) or (folder / "latest").is_file()
-    if deepspeed and not written_by_deepspeed:
-        raise ValueError(f"{folder} was written without DeepSpeed (no global_step* folder): resume "
-                         f"it with the baseline stage, or choose another --output_dir")
-    if not deepspeed and written_by_deepspeed:
-        raise ValueError(f"{folder} was written by DeepSpeed (global_step* folder): resume it with "
-                         f"the DeepSpeed stage and config that wrote it, or choose another --output_dir")
-    if deepspeed and (folder / "latest").is_file():
-        tag = (folder / "latest").read_text().strip()
-        if not (folder / tag).is_dir():
-            raise ValueError(f"{folder / tag} is missing (DeepSpeed's model and optimizer states): "
-                             f"{what_to_do}")
-    if read_json(folder / "trainer_state.json") is None:
-        raise ValueError(f"{folder / 'trainer_state.json'} is damaged (cut short?): {what_to_do}")
-    for path in [*folder.glob("*.safetensors"), *folder.glob("*.pt"), *folder.glob("*.pth"),
-                 *folder.glob("global_step*/*.pt")]:
-        if not intact(path):
-            raise ValueError(f"{path} is damaged (cut short?): {what_to_do}")
-    before = read_json(folder.parent / SETTINGS_FILE) or {}
-    differ = [f"{k}={before.get(k)!r} then, {settings[k]!r} now" for k in RESUME_SETTINGS
-              if k in before and before[k] != settings[k]]
-    if differ:
-        raise ValueError(f"{folder} continues a run with other settings ({'; '.join(differ)}): "
-                         f"resume with the same settings, or choose another --output_dir")
-
-
-def resume_point(output_dir, asked, model_config, settings):
-    """The checkpoint to resume from, or None to start afresh.
-
-    `asked` is --resume_from_checkpoint: a checkpoint folder (refused unless it can be resumed),
-    True (the newest one, refused if there is none), or None: the newest complete checkpoint
-    in output_dir, if any. Refuses, in one line naming what differs: a finished run, a
-    checkpoint of another model, of the other kind, damaged, or of other settings. The Trainer
-    writes trainer_state.json last, so a checkpoint without it was cut off (time limit,
-    preemption): it is skipped, never deleted.
-    """
-    output_dir = Path(output_dir)
-    metrics = output_dir / METRICS_FILE
-    if (read_json(metrics) or {}).get("status") == "complete":
-        raise ValueError(f"{output_dir} holds a finished run (its results: {metrics}): choose "
-                         f"another --output_dir to train again")
-    if asked not in (None, True, "True", "true"):
-        folder = Path(asked)
-        if (folder / METRICS_FILE).is_file():
-            raise ValueError(f"--resume_from_checkpoint {asked} is a run's folder, not a "
-                             f"checkpoint: give one of its checkpoint-N folders")
-        check_checkpoint(folder, model_config, settings)
-        return str(folder)
-    for folder in reversed(checkpoints(output_dir)):
-        if not (folder / "trainer_state.json").is_file():
-            print(f"skipping incomplete checkpoint {folder}")
-            continue
-        check_checkpoint(folder, model_config, settings)
-        return str(folder)
-    if asked is not None:
-        raise ValueError(f"--resume_from_checkpoint {asked}: {output_dir} holds no complete "
-                         f"checkpoint to resume from; leave the option out to start afresh")
-    return None
-
-
-def take_lock(output_dir):
-    """Hold output_dir for this run: a file naming the host, process and job. A lock whose
-    holder is gone (same host, process ended; or the same SLURM job, requeued) is taken over,
-    and said so; a live holder's is refused in one line. Returns the lock's path."""
-    lock = Path(output_dir) / LOCK_FILE
-    me = dict(host=socket.gethostname(), pid=os.getpid(), job=os.environ.get("SLURM_JOB_ID"))
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    for _ in range(2):
-        try:
-            with open(lock, "x") as file:
-                json.dump(me, file)
-            return lock
-        except FileExistsError:
-            holder = read_json(lock) or {}
-        alive = holder.get("host") == me["host"] and _alive(holder.get("pid"))
-        requeued = me["job"] is not None and holder.get("job") == me["job"]
-        if alive and not requeued or holder.get("host") not in (None, me["host"]) and not requeued:
-            raise ValueError(f"--output_dir {output_dir} is in use by another run (process "
-                             f"{holder.get('pid')} on {holder.get('host')}"
-                             f"{', job ' + holder['job'] if holder.get('job') else ''}): wait for "
-                             f"it, or choose another --output_dir; if that run is gone, delete {lock}")
-        print(f"taking over {lock} from a run that is gone (process {holder.get('pid')} on "
-              f"{holder.get('host')})")
-        lock.unlink(missing_ok=True)
-    raise ValueError(f"{lock}: could not take it; delete it if no run uses {output_dir}")
-
-
-def _alive(pid):
-    try:
-        os.kill(int(pid), 0)
-        return True
-    except (OSError, TypeError, ValueError):
-        return False
 
 
 def load_op(name):

@@ -1,0 +1,168 @@
+"""The Trainer callbacks the run attaches (workshop/run.py): where the job's time goes, and
+checkpoints on time and on request. Nothing happens on import."""
+import contextlib
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from transformers import TrainerCallback
+
+from workshop.metrics import TIME_PARTS
+
+SAVE_AND_STOP_FILE = "save-and-stop"  # the .slurm jobs create it on SLURM's time-limit warning
+
+
+def is_distributed():
+    return dist.is_available() and dist.is_initialized()
+
+
+def gather(value):
+    """value from every rank, as a list (rank order); [value] without a process group."""
+    if not is_distributed():
+        return [value]
+    values = [None] * dist.get_world_size()
+    dist.all_gather_object(values, value)
+    return values
+
+
+class Clock(TrainerCallback):
+    """Where the job's seconds go, in TIME_PARTS, adding up to the job's wall time.
+
+    Start-up runs from the job's start to the first optimizer step; the training loop is then
+    split into steps, evaluation (ends at on_evaluate), checkpoint saving (ends at on_save)
+    and steps that compiled (torch.compile compiling or recording CUDA graphs: seconds, once
+    per shape). The steady speed leaves out those and the first step (allocations, kernels).
+    """
+
+    def __init__(self, started):
+        self.started = started
+        self.seconds = dict.fromkeys(TIME_PARTS, 0.0)
+        self.first_step_at = self.mark = None
+        self.steady_seconds, self.steady_steps = 0.0, 0
+        self.compiling_steps, self.resumed_at, self.events_before = 0, 0, 0
+
+    @contextlib.contextmanager
+    def timing(self, part):
+        start = time.time()
+        try:
+            yield
+        finally:
+            self.seconds[part] += time.time() - start
+
+    @staticmethod
+    def compiler_events():
+        """Compiler stages run so far (torch.compile times each, CUDA graph recording too)."""
+        if "torch._dynamo" not in sys.modules:  # nothing compiled: do not import the compiler
+            return 0
+        return sum(map(len, torch._dynamo.utils.compilation_time_metrics.values()))
+
+    def _since_mark(self):
+        now = time.time()
+        seconds, self.mark = now - self.mark, now
+        return seconds
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        now = time.time()
+        if self.first_step_at is None:
+            self.first_step_at = now
+            self.seconds["startup"] = now - self.started - sum(
+                self.seconds[p] for p in ("compiling", "answer_generation"))
+        elif self.mark is not None:  # between steps: data loading, logging
+            self.seconds["training_steps"] += now - self.mark
+        self.mark, self.events_before = now, self.compiler_events()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if args.device.type == "cuda":  # the step's kernels have run, not only been launched
+            torch.cuda.synchronize()
+        seconds = self._since_mark()
+        if self.compiler_events() != self.events_before:
+            self.seconds["compiling"] += seconds
+            self.compiling_steps += 1
+            return
+        self.seconds["training_steps"] += seconds
+        if state.global_step > 1 + self.resumed_at:  # the first step pays for start-up
+            self.steady_seconds += seconds
+            self.steady_steps += 1
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.resumed_at = state.global_step
+
+    def on_evaluate(self, args, state, control, **kwargs):
+        if self.mark is not None:
+            self.seconds["evaluation"] += self._since_mark()
+
+    def on_save(self, args, state, control, **kwargs):
+        if self.mark is not None:
+            self.seconds["checkpoint_saving"] += self._since_mark()
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.mark is not None:
+            self.seconds["training_steps"] += self._since_mark()
+            self.mark = None
+
+    def parts(self):
+        """TIME_PARTS in seconds, `other` the rest of the wall time; and the wall time."""
+        wall = time.time() - self.started
+        if self.first_step_at is None:  # stopped before training: all of it was start-up
+            self.seconds["startup"] = wall - sum(v for k, v in self.seconds.items()
+                                                 if k not in ("startup", "other"))
+        named = sum(v for k, v in self.seconds.items() if k != "other")
+        return {**self.seconds, "other": wall - named}, wall
+
+
+class Checkpoints(TrainerCallback):
+    """A checkpoint every `minutes` of the run and one when SAVE_AND_STOP_FILE appears (then
+    training stops after the current step, to be resumed).
+
+    All ranks must save and stop at the same step, so rank 0 decides and tells the others in
+    one small all-reduce per optimizer step (only with several ranks).
+    """
+
+    def __init__(self, output_dir, minutes, started):
+        self.request = Path(output_dir) / SAVE_AND_STOP_FILE
+        self.every, self.last_save = minutes * 60, started
+        self.stopped_at = None  # the step after which training stopped on request
+        self.saved_at_step = False
+
+    def on_step_end(self, args, state, control, **kwargs):
+        stop = state.is_world_process_zero and self.request.exists()
+        save = state.is_world_process_zero and time.time() - self.last_save > self.every
+        if is_distributed():
+            decision = torch.tensor([float(stop), float(save)], device=args.device)
+            dist.all_reduce(decision, op=dist.ReduceOp.MAX)
+            stop, save = decision.tolist()
+        if save and state.global_step < state.max_steps:
+            control.should_save = True
+        if stop and state.global_step < state.max_steps:
+            self.stopped_at = state.global_step
+            self.saved_at_step = control.should_save  # a checkpoint was due at this step anyway
+            control.should_training_stop = True
+        return control
+
+    def on_save(self, args, state, control, **kwargs):
+        self.last_save = time.time()
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        if self.stopped_at is not None:  # the Trainer ends the epoch here, whole or not
+            if not float(state.epoch).is_integer():
+                control.should_evaluate = False  # an eval loss only for whole epochs
+            control.should_save = not self.saved_at_step  # one checkpoint, written once
+        return control
+
+
+class AnswerQualityBeforeTraining(TrainerCallback):
+    """SQuAD EM/F1 of the model as it starts (not when resuming), kept in the Trainer's log
+    history so that a resumed run still has it. It runs once DeepSpeed has set the model up:
+    under ZeRO-3 only then can the partitioned layers be gathered to generate."""
+
+    def __init__(self, tokenizer, rows, max_length, clock):
+        self.tokenizer, self.rows, self.max_length, self.clock = tokenizer, rows, max_length, clock
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        if state.global_step == 0:
+            from workshop.answers import answer_quality
+            with self.clock.timing("answer_generation"):
+                scores, _ = answer_quality(model, self.tokenizer, self.rows, self.max_length, args.device)
+            state.log_history.append(dict(answer_quality_before=scores, step=0))
