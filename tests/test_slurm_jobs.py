@@ -590,6 +590,9 @@ def warn(job: Ran):
 
 
 # ---------------------------------------------------------------------------------- the files
+JOB_HELPER = ROOT / "workshop" / "job.sh"
+
+
 def job_lines(stage: str) -> list[str]:
     lines = (ROOT / stage / f"{stage}.slurm").read_text().splitlines()
     if stage == "deepspeed-multi-node":  # what each node runs
@@ -598,29 +601,52 @@ def job_lines(stage: str) -> list[str]:
 
 
 def test_jobs_share_their_lines_and_mark_what_depends_on_the_site():
-    """The jobs differ only in what each stage teaches: every line of the baseline's job that
-    does not name its stage or start its training is in every other job too (the multi-node
-    job's per-node part in run_node.sh). The job's clock starts first, bash's strict mode
-    next; the site's settings are marked CLUSTER; no shell function goes through srun."""
+    """Each job fits one screen and reads as the lesson: #SBATCH lines, the environment, the
+    GPU memory logger, the launcher, the end; the plumbing is in one helper that every job
+    sources (workshop/job.sh), and every line of the baseline's job that does not name its
+    stage or start its training is in every other job too (the multi-node job's per-node part
+    in run_node.sh). The job's clock starts first, bash's strict mode next; the site's
+    settings are marked CLUSTER; no shell function goes through srun."""
+    helper = JOB_HELPER.read_text().splitlines()
     baseline = [line for line in job_lines("baseline") if "baseline" not in line and line.strip()
-                and not line.startswith(("# Stage 1", 'echo "run $RUN_NAME', "python train.py",
+                and not line.startswith(("# Stage 1", "start_job", "launch python train.py",
                                          "#SBATCH --gres", "#SBATCH --cpus", "#SBATCH --mem",
                                          "#SBATCH --nodes", "#SBATCH --ntasks"))]
     for stage in STAGE_FOLDERS:
+        job = (ROOT / stage / f"{stage}.slurm").read_text().splitlines()
+        assert len(job) <= 60, f"{stage}.slurm: {len(job)} lines"
+        assert 'cd "$(dirname "$SCRIPT")" && source ../workshop/job.sh' in job
         lines = job_lines(stage)
         missing = [line for line in baseline if line not in lines]
         assert not missing, f"{stage}: lines of the baseline's job not here:\n" + "\n".join(missing)
-        commands = [line for line in lines if line.strip() and not line.startswith("#")]
+        commands = [line for line in job if line.strip() and not line.startswith("#")]
         assert commands[:2] == ["export JOB_STARTED_AT=$(date +%s.%N)  # first: train.py counts "
                                 "the job's time from here", "set -euo pipefail"], commands[:2]
+        # the lesson in its order; the end is the last line
+        order = [max(i for i, line in enumerate(job) if line.startswith("#SBATCH")),
+                 next(i for i, line in enumerate(job) if "source ../.venv/bin/activate" in line),
+                 next(i for i, line in enumerate(job) if line.startswith(("launch ", "  launch_nodes srun"))),
+                 len(job) - 1]
+        assert order == sorted(order) and job[-1].startswith("end_job"), (stage, order)
+        if stage != "deepspeed-multi-node":  # there each node logs its GPUs (run_node.sh)
+            assert order[1] < next(i for i, line in enumerate(job) if "nvidia-smi --query-gpu" in line) < order[2]
+        # the plumbing is the helper's: no traps, process walkers or requeueing of its own
         for line in lines:
-            if re.match(r"#SBATCH --(gres|cpus-per-task|mem|requeue|nodes=[2-9])", line) \
-                    or line.startswith(("export COMPILE_CACHE", "COLLECTIVE_TIMEOUT=")):
-                assert "# CLUSTER" in line, line
+            assert not re.search(r"\btrap\b|\bps -e\b|\bawk\b|scontrol requeue", line), (stage, line)
         text = "\n".join(lines)
         assert "--time=00:30:00" in text and "12:00:00" not in text
         assert "export -f" not in text and "TORCH_EXTENSIONS_DIR" not in text
         assert not re.search(r"^#SBATCH --(partition|account)", text, re.M)  # on the command line
+    node = (ROOT / "deepspeed-multi-node" / "run_node.sh").read_text()
+    assert "source ../workshop/job.sh" in node and "nvidia-smi --query-gpu" in node
+    for line in [*helper, *(line for stage in STAGE_FOLDERS for line in job_lines(stage))]:
+        if re.match(r"#SBATCH --(gres|cpus-per-task|mem|requeue|nodes=[2-9])", line) or line.startswith(
+                ("export COMPILE_CACHE", "COLLECTIVE_TIMEOUT=", "MAX_RESTARTS=", "# CLUSTER")):
+            assert "CLUSTER" in line, line
+    # srun names its allocation: a site's wrapper that cleans the environment still finds it
+    assert re.search(r'srun --jobid "\$SLURM_JOB_ID" --nodes "\$SLURM_NNODES" --ntasks "\$SLURM_NNODES" '
+                     r'--ntasks-per-node=1 .*--kill-on-bad-exit=1 --wait=',
+                     (ROOT / "deepspeed-multi-node" / "deepspeed-multi-node.slurm").read_text(), re.S)
 
 
 # ---------------------------------------------------------------------------------- one node
@@ -656,9 +682,11 @@ def test_job_without_gpu_refuses_in_one_line_with_its_own_environment(one_node, 
                                                                       monkeypatch):
     """A GPU job that sees no GPU (no --use_cpu True) stops with train.py's one line, last.
     It runs the Python of the stage's ../.venv even when conda's base environment is active,
-    as many sites have it (a copy of the stage, beside a .venv that is the test's Python)."""
+    as many sites have it (a copy of the stage, beside the package and a .venv that is the
+    test's Python)."""
     copy = tmp_path / "baseline"
     shutil.copytree(ROOT / "baseline", copy, ignore=shutil.ignore_patterns("log", "runs", "__pycache__"))
+    (tmp_path / "workshop").symlink_to(ROOT / "workshop")
     (tmp_path / ".venv").symlink_to(Path(sys.prefix))
     if not (tmp_path / ".venv" / "bin" / "activate").is_file():
         pytest.skip(f"{sys.prefix} is not a virtualenv (no bin/activate)")
