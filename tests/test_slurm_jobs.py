@@ -554,37 +554,43 @@ def assert_checkpoints_whole(run_dir: Path):
         load_file(folder / "model.safetensors")  # whole, not cut off
 
 
-def wait_through_requeues(job: Ran) -> Ran:
+def wait_through_requeues(job: Ran, notice="warning signal", failures=0) -> Ran:
     """Wait for a job that requeues itself to complete; check that each requeue followed a
-    warning and a checkpoint. SLURM holds a requeued job for two minutes before it may start
-    again; the test lifts that hold (StartTime=now) so as not to wait, but only after a few
-    seconds: a job started within the second of its requeue is refused ("Job credential
-    revoked")."""
-    restarts, pending_since = 0, None
+    checkpoint saved on `notice` (but `failures` of them, which followed a failure). SLURM
+    holds a requeued job for two minutes before it may start again; the test lifts that hold
+    (StartTime=now) so as not to wait, but only after a few seconds: a job started within the
+    second of its requeue is refused ("Job credential revoked")."""
+    restarts = 0
     deadline = time.monotonic() + 3 * JOB_TIMEOUT
     while (info := sc.job_info(job.job_id))["JobState"] in sc._ACTIVE:
         assert time.monotonic() < deadline, job.tail()
         restarts = int(info.get("Restarts", 0))
-        if info["JobState"] != "PENDING" or not restarts:
-            pending_since = None
-        elif pending_since is None:
-            pending_since = time.monotonic()
-        elif time.monotonic() > pending_since + 3:
-            subprocess.run(["scontrol", "update", f"JobId={job.job_id}", "StartTime=now"],
-                           env=sc.slurm_env(), capture_output=True, timeout=30)
+        lift_requeue_hold(job, info)
         time.sleep(0.5)
     out = job.output()
     assert (info["JobState"], info["ExitCode"]) == ("COMPLETED", "0:0"), job.tail()
     assert restarts >= 1 and out.count("requeueing job") == restarts, job.tail()
-    assert out.count("warning signal: saving a checkpoint and stopping") >= restarts
-    assert len(re.findall(r"stopped on request .* after step \d+", out)) == restarts
+    assert out.count(f"{notice}: saving a checkpoint and stopping") >= restarts - failures
+    assert len(re.findall(r"stopped on request .* after step \d+", out)) == restarts - failures
+    assert out.count(f"requeueing job {job.job_id} after a failure") == failures, job.tail()
     return job
+
+
+_pending_since = {}
+
+
+def lift_requeue_hold(job: Ran, info: dict):
+    """StartTime=now for a requeued job pending for 3 s (see wait_through_requeues)."""
+    if info["JobState"] != "PENDING" or not int(info.get("Restarts", 0)):
+        _pending_since.pop(job.job_id, None)
+    elif time.monotonic() > _pending_since.setdefault(job.job_id, time.monotonic()) + 3:
+        subprocess.run(["scontrol", "update", f"JobId={job.job_id}", "StartTime=now"],
+                       env=sc.slurm_env(), capture_output=True, timeout=30)
 
 
 def warn(job: Ran):
     """SLURM's warning before the time limit, by hand (what --signal=B:USR1@N does N seconds
-    before the limit), once training runs."""
-    wait_for_output(job, "{'loss': ")
+    before the limit)."""
     subprocess.run(["scancel", "--batch", "--signal=USR1", str(job.job_id)], env=sc.slurm_env(),
                    check=True, capture_output=True, timeout=30)
 
@@ -762,6 +768,50 @@ def test_one_node_job_at_its_time_limit_saves_requeues_and_resumes(one_node, job
     assert_nothing_left(job)
 
 
+def test_one_node_job_preempted_saves_requeues_and_resumes(one_node, jobs):
+    """SIGTERM to the batch shell while SLURM keeps the job running (what preemption with a
+    grace time is to the job; here `scancel --batch --signal=TERM`, which reaches that shell
+    only) is a preemption notice: the job asks train.py to save, requeues itself and resumes."""
+    case, args = BASELINE, cpu_args(one_node, **resumable(BASELINE))
+    with running(case, args, jobs) as job:
+        wait_for_output(job, "{'loss': ")
+        subprocess.run(["scancel", "--batch", "--signal=TERM", str(job.job_id)], env=sc.slurm_env(),
+                       check=True, capture_output=True, timeout=30)
+        wait_through_requeues(job, notice="preemption notice (5 s to go)")  # the cluster's KillWait
+    out = job.output()
+    assert re.search(rf"resuming from {re.escape(str(job.run_dir))}/checkpoint-(\d+) \(step \1\)", out)
+    assert "attempt 2 of job" in out and "are lost" not in out, out[-3000:]
+    metrics = metrics_of(job)
+    assert metrics["status"] == "complete", out[-3000:]
+    assert len(metrics["epochs"]) == resumable(case)["num_train_epochs"]
+    assert_checkpoints_whole(job.run_dir)
+    assert_nothing_left(job)
+
+
+def test_one_node_job_requeued_by_hand_says_the_steps_it_lost(one_node, jobs):
+    """`scontrol requeue` of a running job before its first checkpoint: the next attempt says
+    how many steps of the first are lost (train.py's metrics say how far it got), and trains
+    afresh."""
+    args = cpu_args(one_node, **{**resumable(BASELINE), "save_steps": 10**6})  # no checkpoint
+    with running(BASELINE, args, jobs) as job:
+        wait_for_output(job, "{'loss': ")
+        subprocess.run(["scontrol", "requeue", str(job.job_id)], env=sc.slurm_env(),
+                       check=True, capture_output=True, timeout=30)
+        deadline = time.monotonic() + JOB_TIMEOUT
+        while "of the previous attempt are lost" not in job.output():
+            assert time.monotonic() < deadline, job.tail()
+            lift_requeue_hold(job, sc.job_info(job.job_id))
+            time.sleep(0.5)
+        first = metrics_of(job)  # the first attempt's, on SIGTERM
+    out = job.output()
+    assert first["status"] == "interrupted" and first["global_step"] >= 1, first
+    step = first["global_step"]
+    assert f"attempt 2 of job {job.job_id} (requeued 1 time(s))" in out, out[-3000:]
+    assert (f"{step} step(s) of the previous attempt are lost (it reached step {step}): no "
+            f"checkpoint: training starts afresh") in out, out[-3000:]
+    assert_nothing_left(job)  # cancelled on leaving the block
+
+
 def test_job_without_slurm_stopped_on_request_says_how_to_resume(tiny, job_env):
     """`bash baseline.slurm`, then `kill -USR1`: train.py saves and exits 75; the job says how
     to resume and exits 75 too (no SLURM to requeue it)."""
@@ -854,11 +904,11 @@ COLLECTIVE_TIMEOUT_DEFAULT = 60
 
 
 def test_two_node_job_losing_a_node_ends_with_the_reason_then_resumes(two_nodes, jobs):
-    """n2's network vanishes after the first checkpoint: the job ends within COLLECTIVE_TIMEOUT
-    + 40 s (not SLURM's node timeout, minutes), its last line the reason, exit 1 (not 143); the
-    checkpoints saved before are whole and unchanged. Submitted again into the same output
-    folder once the network is back, the job resumes; warned before its time limit, it saves,
-    requeues itself (train.py's 75 through srun) and resumes again, to the end."""
+    """n2's network vanishes after the first checkpoint: the job's attempt ends within
+    COLLECTIVE_TIMEOUT + 40 s (not SLURM's node timeout, minutes) with the reason, and the job
+    requeues itself; the checkpoints saved before are whole and unchanged. Once the network is
+    back, the next attempt resumes from them; warned before its time limit, it saves, requeues
+    itself (train.py's 75 through srun) and resumes again, to the end."""
     cluster, tiny = two_nodes
     if cluster.mode != "2ns":
         pytest.skip("no network namespaces here (up.sh 2ns): no node's network to take away")
@@ -887,29 +937,41 @@ def test_two_node_job_losing_a_node_ends_with_the_reason_then_resumes(two_nodes,
             print(f"job {job.job_id} ended {ended:.1f} s after n2's network went down")
         finally:
             cluster.set_link("n2", up=True)
-        state = wait(job, timeout=120)
-    assert state == ("FAILED", "1:0"), f"{state}\n{job.tail()}"
-    assert job.last_line().startswith("error: a collective operation timed out ("), job.tail()
-    assert ended < TEST_COLLECTIVE_TIMEOUT + 40, job.tail()
+        lines = job.output().rstrip("\n").splitlines()
+        assert lines[-2].startswith("error: a collective operation timed out ("), job.tail()
+        assert lines[-1] == (f"requeueing job {job.job_id} after a failure (restart 1 of at most 3): "
+                             f"it resumes from the newest checkpoint in {job.run_dir}"), job.tail()
+        assert ended < TEST_COLLECTIVE_TIMEOUT + 40, job.tail()
+        assert {name: complete_checkpoints(job.run_dir).get(name) for name in before} == before
+        assert_checkpoints_whole(job.run_dir)
+
+        wait_for_attempt(job, 2, "{'loss': ")
+        warn(job)
+        wait_through_requeues(job, failures=1)
     # the job's default, with what this test measured beyond the wait: within 2 minutes
     assert COLLECTIVE_TIMEOUT_DEFAULT + (ended - TEST_COLLECTIVE_TIMEOUT) < 120
     assert f"COLLECTIVE_TIMEOUT=${{COLLECTIVE_TIMEOUT:-{COLLECTIVE_TIMEOUT_DEFAULT}}}" in \
         (job.folder / f"{case.stage}.slurm").read_text()
-    assert {name: complete_checkpoints(job.run_dir).get(name) for name in before} == before
-    assert_checkpoints_whole(job.run_dir)
-    assert_nothing_left(job)
-
-    again = dataclasses.replace(case, env={**case.env, "OUTPUT_DIR": str(job.run_dir)})
-    with running(again, args, jobs) as resumed:
-        warn(resumed)
-        wait_through_requeues(resumed)
-    out = resumed.output()
+    out = job.output()
+    assert "attempt 2 of job" in out and "attempt 3 of job" in out, out[-3000:]
     steps = sorted({int(s) for s in re.findall(rf"resuming from {re.escape(str(job.run_dir))}/"
                                                rf"checkpoint-(\d+) \(step \d+\)", out)})
     # (each rank says it) from the checkpoints before the network went, then from the request's
     assert len(steps) == 2 and steps[0] >= max(int(n.split("-")[1]) for n in before), out[-3000:]
-    metrics = metrics_of(job)  # the job sbatched again wrote into the first job's folder
-    assert metrics["status"] == "complete" and metrics["slurm_job_id"] == str(resumed.job_id)
+    metrics = metrics_of(job)
+    assert metrics["status"] == "complete" and metrics["slurm_job_id"] == str(job.job_id)
     assert len(metrics["epochs"]) == resumable(case)["num_train_epochs"]
     assert_checkpoints_whole(job.run_dir)
-    assert_nothing_left(resumed)
+    assert_nothing_left(job)
+
+
+def wait_for_attempt(job: Ran, attempt: int, text: str):
+    """Until the job's log shows `text` after the line of its attempt `attempt` (requeued: its
+    hold lifted, see wait_through_requeues)."""
+    deadline = time.monotonic() + JOB_TIMEOUT
+    while text not in job.output().partition(f"attempt {attempt} of job {job.job_id}")[2]:
+        info = sc.job_info(job.job_id)
+        assert info["JobState"] in sc._ACTIVE, f"job {job.job_id} ended ({info['JobState']})\n{job.tail()}"
+        assert time.monotonic() < deadline, f"no {text!r} in attempt {attempt}\n{job.tail()}"
+        lift_requeue_hold(job, info)
+        time.sleep(0.5)
