@@ -768,11 +768,14 @@ def test_one_node_job_at_its_time_limit_saves_requeues_and_resumes(one_node, job
     assert_nothing_left(job)
 
 
+EPOCHS_PREEMPTED = 30  # 120 steps: the notice comes at the first logged one
+
+
 def test_one_node_job_preempted_saves_requeues_and_resumes(one_node, jobs):
     """SIGTERM to the batch shell while SLURM keeps the job running (what preemption with a
     grace time is to the job; here `scancel --batch --signal=TERM`, which reaches that shell
     only) is a preemption notice: the job asks train.py to save, requeues itself and resumes."""
-    case, args = BASELINE, cpu_args(one_node, **resumable(BASELINE))
+    case, args = BASELINE, cpu_args(one_node, **{**resumable(BASELINE), "num_train_epochs": EPOCHS_PREEMPTED})
     with running(case, args, jobs) as job:
         wait_for_output(job, "{'loss': ")
         subprocess.run(["scancel", "--batch", "--signal=TERM", str(job.job_id)], env=sc.slurm_env(),
@@ -783,7 +786,7 @@ def test_one_node_job_preempted_saves_requeues_and_resumes(one_node, jobs):
     assert "attempt 2 of job" in out and "are lost" not in out, out[-3000:]
     metrics = metrics_of(job)
     assert metrics["status"] == "complete", out[-3000:]
-    assert len(metrics["epochs"]) == resumable(case)["num_train_epochs"]
+    assert len(metrics["epochs"]) == EPOCHS_PREEMPTED
     assert_checkpoints_whole(job.run_dir)
     assert_nothing_left(job)
 
@@ -843,6 +846,37 @@ def test_job_without_slurm_stopped_on_request_says_how_to_resume(tiny, job_env):
         if name and os.environ.get("KEEP_SLURM_JOB_FILES") != "1":
             shutil.rmtree(run_dir, ignore_errors=True)
             for path in (ROOT / "baseline" / "log").glob(f"{name}*"):
+                path.unlink()
+
+
+def test_job_failing_to_build_an_op_ends_with_the_cause(tiny, job_env, tmp_path):
+    """A DeepSpeed op built where TMPDIR is full (an empty compile cache, a full tmpfs): the
+    compiler's command fills train.py's reason; the job's last line names the cause instead.
+    (Without SLURM: the job ends the same way; about a minute of compiling first.)"""
+    full = tmp_path / "full"
+    full.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(full)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "SBATCH_"))}
+    env.update(TMPDIR=str(full), COMPILE_CACHE=str(tmp_path / "empty-cache"))
+    try:
+        subprocess.run(["dd", "if=/dev/zero", f"of={full / 'fill'}", "bs=4k"], capture_output=True)
+        out = subprocess.run(["bash", str(ROOT / "deepspeed-single-gpu" / "deepspeed-single-gpu.slurm"),
+                              *cpu_args(tiny, num_train_epochs=1)], env=env, text=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=JOB_TIMEOUT)
+    finally:
+        subprocess.run(["umount", str(full)], capture_output=True)
+    name = re.match(r"run (\S+) on ", out.stdout)[1]
+    try:
+        last = out.stdout.rstrip("\n").splitlines()[-1]
+        assert out.returncode == 1, out.stdout[-3000:]
+        assert last.startswith("error: building DeepSpeed's op deepspeed_shm_comm failed: "), last
+        assert last.endswith("No space left on device") and str(full) in last and len(last) < 400, last
+    finally:
+        if os.environ.get("KEEP_SLURM_JOB_FILES") != "1":
+            shutil.rmtree(ROOT / "deepspeed-single-gpu" / "runs" / name, ignore_errors=True)
+            for path in (ROOT / "deepspeed-single-gpu" / "log").glob(f"{name}*"):
                 path.unlink()
 
 

@@ -100,7 +100,7 @@ on_term() {
     else
       save_and_stop "preemption notice${grace:+ ($grace s to go)}"
     fi
-    return
+    return 0  # (a bare return in a trap gives the interrupted wait's status: set -e would exit)
   fi
   trap '' TERM INT
   for i in $(seq 300); do
@@ -155,7 +155,7 @@ wait_for_training() {
 end_job() {
   [ "$STATUS" -ne 0 ] || exit 0
   if [ "$STATUS" -eq 75 ] || [ -n "$PREEMPTED" ]; then
-    requeue "it resumes from the newest checkpoint in $OUTPUT_DIR"
+    requeue
     exit 75
   fi
   [ -n "${SLURM_JOB_ID:-}" ] || sleep 0.5  # tee writes the log a moment later
@@ -164,22 +164,23 @@ end_job() {
   if [ -n "${SLURM_JOB_ID:-}" ] && [[ $reason =~ "collective operation timed out"|"closed by peer"|"reset by peer" ]]; then
     restarts=$(grep -c "^requeueing job $SLURM_JOB_ID after a failure" "$OUT" || true)
     if [ "$restarts" -lt "$MAX_RESTARTS" ]; then
-      echo "$reason"
-      requeue "after a failure (restart $((restarts + 1)) of at most $MAX_RESTARTS): it resumes from the newest checkpoint in $OUTPUT_DIR"
+      say_last "$reason"
+      requeue "after a failure (restart $((restarts + 1)) of at most $MAX_RESTARTS)"
     else
       echo "not requeueing: $restarts restarts after failures already (MAX_RESTARTS=$MAX_RESTARTS)"
     fi
   fi
-  [ "$(tail -n 1 "$OUT")" = "$reason" ] || echo "$reason"
+  say_last "$reason"
   exit 1
 }
-# requeue WHY: requeue this job (it ends here); without SLURM, say how to resume
+say_last() { [ "$(tail -n 1 "$OUT")" = "$1" ] || echo "$1"; }
+# requeue [WHY]: requeue this job (it ends here); without SLURM, say how to resume
 requeue() {
   if [ -z "${SLURM_JOB_ID:-}" ]; then
     echo "stopped with a checkpoint: OUTPUT_DIR=$OUTPUT_DIR bash $SCRIPT [the same options] resumes it"
     return
   fi
-  echo "requeueing job $SLURM_JOB_ID $1"
+  echo "requeueing job $SLURM_JOB_ID${1:+ $1}: it resumes from the newest checkpoint in $OUTPUT_DIR"
   ENDING=1; scontrol requeue "$SLURM_JOB_ID" && exit 75
   ENDING=; echo "error: this job cannot be requeued here: OUTPUT_DIR=$OUTPUT_DIR sbatch $SCRIPT resumes it"
 }
