@@ -97,10 +97,12 @@ def test_a_second_cluster_runs_beside_and_goes_down_alone(slurm1, tmp_path):
     other_env = sc.slurm_env({**other, "SLURM_CONF": "/tmp/slurm-local-beside/etc/slurm.conf"})
     other_env.pop("SLAB_DIR", None)
     write_job(tmp_path, "hello", """
+#SBATCH --job-name=hello
 #SBATCH --output=log/%x-%j.out
 echo "hello from $SLURM_CONF"
 """)
     write_job(tmp_path, "long", """
+#SBATCH --job-name=long
 #SBATCH --output=log/%x-%j.out
 sleep 300
 """)
