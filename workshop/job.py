@@ -6,7 +6,6 @@
     python -m workshop.job lost OUTPUT_DIR       # the steps a requeued attempt lost, if any
     python -m workshop.job reason LOG OFFSET OUTPUT_DIR STATUS   # why the training failed
 """
-import json
 import re
 import signal
 import socket
@@ -14,6 +13,8 @@ import sys
 from pathlib import Path
 
 import psutil
+
+from workshop.metrics import METRICS_FILE, checkpoints, read_json
 
 # Lines that name what a failure came down to (a full disk while compiling DeepSpeed's ops):
 # clearer than the error above them, which may be a compiler command of hundreds of characters.
@@ -54,9 +55,8 @@ def stop(pid):
 def newest_checkpoint(output_dir):
     """The newest checkpoint that train.py resumes from (trainer_state.json, written last,
     makes it complete), or None."""
-    complete = [f for f in Path(output_dir).glob("checkpoint-*")
-                if f.name.split("-")[1].isdigit() and (f / "trainer_state.json").is_file()]
-    return max(complete, key=lambda f: int(f.name.split("-")[1]), default=None)
+    complete = [f for f in checkpoints(output_dir) if (f / "trainer_state.json").is_file()]
+    return complete[-1] if complete else None
 
 
 def checkpoint(output_dir):
@@ -71,10 +71,7 @@ def checkpoint(output_dir):
 def lost(output_dir):
     """The steps the previous attempt made after its newest checkpoint (run_metrics.json says
     how far it got), for a requeued attempt's log."""
-    try:
-        reached = json.loads((Path(output_dir) / "run_metrics.json").read_text())["global_step"]
-    except (OSError, ValueError, KeyError):
-        reached = None
+    reached = (read_json(Path(output_dir) / METRICS_FILE) or {}).get("global_step")
     folder = newest_checkpoint(output_dir)
     saved = int(folder.name.split("-")[1]) if folder else 0
     if reached is None:
@@ -100,10 +97,7 @@ def reason(log, offset, output_dir, status):
         return f"error: {what}{causes[-1][-300:]}"
     if errors:
         return errors[-1]
-    try:
-        error = json.loads((Path(output_dir) / "run_metrics.json").read_text())["error"]
-    except (OSError, ValueError, KeyError):
-        error = None
+    error = (read_json(Path(output_dir) / METRICS_FILE) or {}).get("error")
     if error:
         return f"error: {error}"
     return f"error: train.py ended with exit status {status} without a reason: see the lines above"
