@@ -37,6 +37,7 @@ start_job() {
     python -m workshop.job lost "$OUTPUT_DIR"
   fi
   rm -f "$OUTPUT_DIR/save-and-stop"
+  trap 'save_and_stop "warning signal"' USR1
 }
 
 # gpus_per_node: the processes to start on each node: GPUS, else the allocation's GPU count
@@ -78,9 +79,9 @@ write_hostfile() {
 
 # SLURM's warning before the time limit (--signal=B:USR1@N) asks train.py, through a file in
 # the output folder, to save a checkpoint and stop after its current step (exit 75); the job
-# then requeues itself and resumes. Without SLURM: `kill -USR1 <pid of the job>`.
+# then requeues itself and resumes. Without SLURM: `kill -USR1 <pid of the job>`. (start_job
+# sets the trap: the job's own shell is the one that saves.)
 save_and_stop() { echo "$1: saving a checkpoint and stopping"; mkdir -p "$OUTPUT_DIR"; touch "$OUTPUT_DIR/save-and-stop"; }
-trap 'save_and_stop "warning signal"' USR1
 
 # SIGTERM while SLURM still has the job RUNNING is a preemption notice (SLURM's preemption
 # with a grace time, `scancel --batch --signal=TERM`, or `kill` without SLURM): save if the
