@@ -4,6 +4,7 @@ import re
 import socket
 import subprocess
 import sys
+import time
 
 from workshop import job
 
@@ -24,7 +25,7 @@ def test_the_reason_is_the_cause_not_a_compiler_command(tmp_path):
                 f"ninja: build stopped: subcommand failed.\n"
                 f"error: RuntimeError: Error building extension 'deepspeed_shm_comm': {COMPILER_COMMAND}\n"
                 f"[launch.py] exits with return code = 1\n")
-    reason = job.reason(log, start, tmp_path / "run", 1)
+    reason = job.reason(log, start, 0, tmp_path / "run", 1)
     assert reason == ("error: building DeepSpeed's op deepspeed_shm_comm failed: /tmp/full/ccA1b2.s: "
                       "Fatal error: can't write 14 bytes to section .text: No space left on device")
 
@@ -32,12 +33,17 @@ def test_the_reason_is_the_cause_not_a_compiler_command(tmp_path):
 def test_the_reason_is_train_py_s_own_line_else_its_metrics(tmp_path):
     log = tmp_path / "job.out"
     log.write_text("error: dataset folder ./nope does not exist\n[launch.py] exits with return code = 1\n")
-    assert job.reason(log, 0, tmp_path, 1) == "error: dataset folder ./nope does not exist"
+    assert job.reason(log, 0, 0, tmp_path, 1) == "error: dataset folder ./nope does not exist"
     log.write_text("Killed\n")
-    assert job.reason(log, 0, tmp_path, 137) == \
+    assert job.reason(log, 0, 0, tmp_path, 137) == \
         "error: train.py ended with exit status 137 without a reason: see the lines above"
     (tmp_path / "run_metrics.json").write_text(json.dumps({"error": "out of host memory"}))
-    assert job.reason(log, 0, tmp_path, 1) == "error: out of host memory"
+    assert job.reason(log, 0, 0, tmp_path, 1) == "error: out of host memory"
+    # a requeued attempt that ends without a word: not the previous attempt's reason, but
+    # srun's line for the node whose task was killed
+    log.write_text("srun: error: n2: task 1: Killed\nsrun: error: n1: task 0: Exited with exit code 143\n")
+    assert job.reason(log, 0, time.time() + 1, tmp_path, 143) == \
+        "error: the task on n2 was killed (srun: error: n2: task 1: Killed)"
 
 
 def test_a_requeued_attempt_says_the_steps_it_lost(tmp_path):

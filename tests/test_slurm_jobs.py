@@ -554,12 +554,12 @@ def assert_checkpoints_whole(run_dir: Path):
         load_file(folder / "model.safetensors")  # whole, not cut off
 
 
-def wait_through_requeues(job: Ran, notice="warning signal", failures=0) -> Ran:
+def wait_through_requeues(job: Ran, notice="warning signal", failures: int | range = 0) -> Ran:
     """Wait for a job that requeues itself to complete; check that each requeue followed a
-    checkpoint saved on `notice` (but `failures` of them, which followed a failure). SLURM
-    holds a requeued job for two minutes before it may start again; the test lifts that hold
-    (StartTime=now) so as not to wait, but only after a few seconds: a job started within the
-    second of its requeue is refused ("Job credential revoked")."""
+    checkpoint saved on `notice`, but `failures` of them (a count, or a range of counts), which
+    followed a failure. SLURM holds a requeued job for two minutes before it may start again;
+    the test lifts that hold (StartTime=now) so as not to wait, but only after a few seconds: a
+    job started within the second of its requeue is refused ("Job credential revoked")."""
     restarts = 0
     deadline = time.monotonic() + 3 * JOB_TIMEOUT
     while (info := sc.job_info(job.job_id))["JobState"] in sc._ACTIVE:
@@ -568,11 +568,12 @@ def wait_through_requeues(job: Ran, notice="warning signal", failures=0) -> Ran:
         lift_requeue_hold(job, info)
         time.sleep(0.5)
     out = job.output()
+    failed = out.count(f"requeueing job {job.job_id} after a failure")
+    assert failed in (failures if isinstance(failures, range) else [failures]), job.tail()
     assert (info["JobState"], info["ExitCode"]) == ("COMPLETED", "0:0"), job.tail()
     assert restarts >= 1 and out.count("requeueing job") == restarts, job.tail()
-    assert out.count(f"{notice}: saving a checkpoint and stopping") >= restarts - failures
-    assert len(re.findall(r"stopped on request .* after step \d+", out)) == restarts - failures
-    assert out.count(f"requeueing job {job.job_id} after a failure") == failures, job.tail()
+    assert out.count(f"{notice}: saving a checkpoint and stopping") >= restarts - failed
+    assert len(re.findall(r"stopped on request .* after step \d+", out)) == restarts - failed
     return job
 
 
@@ -979,9 +980,12 @@ def test_two_node_job_losing_a_node_ends_with_the_reason_then_resumes(two_nodes,
         assert {name: complete_checkpoints(job.run_dir).get(name) for name in before} == before
         assert_checkpoints_whole(job.run_dir)
 
+        # The next attempt's first start may lose its task on n2 too: n2's slurmd, hearing
+        # late that the attempt before (same job id) ended, kills what runs under that id.
+        # The job requeues itself again: a lost node's retries are what this is about.
         wait_for_attempt(job, 2, "{'loss': ")
         warn(job)
-        wait_through_requeues(job, failures=1)
+        wait_through_requeues(job, failures=range(1, 3))
     # the job's default, with what this test measured beyond the wait: within 2 minutes
     assert COLLECTIVE_TIMEOUT_DEFAULT + (ended - TEST_COLLECTIVE_TIMEOUT) < 120
     assert f"COLLECTIVE_TIMEOUT=${{COLLECTIVE_TIMEOUT:-{COLLECTIVE_TIMEOUT_DEFAULT}}}" in \

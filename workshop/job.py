@@ -4,7 +4,7 @@
     python -m workshop.job stop PID              # SIGTERM to PID and all its descendants
     python -m workshop.job checkpoint OUTPUT_DIR # "STEP SECONDS" of the newest checkpoint
     python -m workshop.job lost OUTPUT_DIR       # the steps a requeued attempt lost, if any
-    python -m workshop.job reason LOG OFFSET OUTPUT_DIR STATUS   # why the training failed
+    python -m workshop.job reason LOG OFFSET STARTED OUTPUT_DIR STATUS   # why the training failed
 """
 import re
 import signal
@@ -20,6 +20,9 @@ from workshop.metrics import METRICS_FILE, checkpoints, read_json
 # clearer than the error above them, which may be a compiler command of hundreds of characters.
 CAUSES = re.compile(r"No space left on device|Disk quota exceeded|Read-only file system|"
                     r"Cannot allocate memory")
+
+# srun's line for a node's task killed from outside (by SLURM, the kernel, an operator)
+KILLED = re.compile(r"srun: error: (\S+): tasks? [\d,-]+: Killed$")
 
 
 def port(asked):
@@ -82,10 +85,12 @@ def lost(output_dir):
     return f"{reached - saved} step(s) of the previous attempt are lost (it reached step {reached}): {where}"
 
 
-def reason(log, offset, output_dir, status):
+def reason(log, offset, started, output_dir, status):
     """The failure's reason, as the job's last line: train.py's own `error: ...` line (the
-    launchers print theirs after it), or the line that names the cause where that error is
-    about building an op or is a wall of text; else the error in run_metrics.json."""
+    launchers print theirs after it) since `offset` of the log, or the line that names the
+    cause where that error is about building an op or is a wall of text; else the error in
+    run_metrics.json if this attempt (`started`, epoch seconds) wrote it; else a node's task
+    that was killed, as srun says."""
     with open(log, "rb") as f:
         f.seek(int(offset))
         lines = f.read().decode(errors="replace").splitlines()
@@ -97,9 +102,14 @@ def reason(log, offset, output_dir, status):
         return f"error: {what}{causes[-1][-300:]}"
     if errors:
         return errors[-1]
-    error = (read_json(Path(output_dir) / METRICS_FILE) or {}).get("error")
+    metrics = Path(output_dir) / METRICS_FILE
+    error = (read_json(metrics) or {}).get("error") if metrics.is_file() and \
+        metrics.stat().st_mtime >= float(started) else None
     if error:
         return f"error: {error}"
+    killed = [m for m in map(KILLED.match, lines) if m]
+    if killed:
+        return f"error: the task on {killed[-1][1]} was killed ({killed[-1][0]})"
     return f"error: train.py ended with exit status {status} without a reason: see the lines above"
 
 

@@ -151,8 +151,9 @@ wait_for_training() {
 }
 
 # end_job: 0 done. 75 (saved on request) or preempted: requeue, to resume from the newest
-# checkpoint. Failed: the reason as the log's last line; after a lost node or rank the job
-# requeues itself first, at most MAX_RESTARTS times.
+# checkpoint. Failed: the reason as the log's last line; after a lost node or rank (a collective
+# that timed out, a peer gone, a node's task killed) the job requeues itself first, at most
+# MAX_RESTARTS times.
 end_job() {
   [ "$STATUS" -ne 0 ] || exit 0
   if [ "$STATUS" -eq 75 ] || [ -n "$PREEMPTED" ]; then
@@ -161,8 +162,8 @@ end_job() {
   fi
   [ -n "${SLURM_JOB_ID:-}" ] || sleep 0.5  # tee writes the log a moment later
   local reason restarts
-  reason=$(python -m workshop.job reason "$OUT" "$OUT_START" "$OUTPUT_DIR" "$STATUS")
-  if [ -n "${SLURM_JOB_ID:-}" ] && [[ $reason =~ "collective operation timed out"|"closed by peer"|"reset by peer" ]]; then
+  reason=$(python -m workshop.job reason "$OUT" "$OUT_START" "$JOB_STARTED_AT" "$OUTPUT_DIR" "$STATUS")
+  if [ -n "${SLURM_JOB_ID:-}" ] && [[ $reason =~ "collective operation timed out"|"closed by peer"|"reset by peer"|"was killed (srun" ]]; then
     restarts=$(grep -c "^requeueing job $SLURM_JOB_ID after a failure" "$OUT" || true)
     if [ "$restarts" -lt "$MAX_RESTARTS" ]; then
       say_last "$reason"
