@@ -32,7 +32,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 TOOL = REPO / "tools" / "slurm-local"
-LAB = Path(os.environ.get("SLAB_DIR", "/tmp/slurm-local"))
+NAME = os.environ.get("SLAB_NAME", "slurm-local")  # up.sh's: state folder and namespaces follow it
+LAB = Path(os.environ.get("SLAB_DIR", f"/tmp/{NAME}"))
 SLURM_CONF = LAB / "etc" / "slurm.conf"
 PACKAGES_MISSING_RC = 3  # up.sh: not root, or slurm/munge missing and not installable
 
@@ -54,7 +55,7 @@ class Cluster:
     def set_link(self, node: str, up: bool) -> None:
         """Mode "2ns": connect or cut `node` ("n1", "n2") from the other one (its veth)."""
         assert self.mode == "2ns", "only mode 2ns has a network to cut"
-        subprocess.run(["ip", "-n", f"slab-{node}", "link", "set", f"slab-v{node[1:]}",
+        subprocess.run(["ip", "-n", f"slab-{NAME}-{node}", "link", "set", f"slab-v{node[1:]}",
                         "up" if up else "down"], check=True, capture_output=True, timeout=30)
 
 

@@ -2,12 +2,16 @@
 # Tear down what up.sh started -- only by recorded pid files (checked against the expected
 # process name), never by name patterns: other slurm/munge on the machine are left alone.
 # Idempotent: safe to run when nothing is up.
-#   down.sh            cancel jobs, stop slurmd(s), slurmctld, munged; undo /etc changes,
-#                      delete the network namespaces of mode 2ns
+#   down.sh            cancel this cluster's jobs, stop its slurmd(s), slurmctld, munged; undo
+#                      its /etc changes, delete its network namespaces (mode 2ns)
+#   SLAB_NAME=NAME     the cluster up.sh started under that name (default slurm-local); other
+#                      clusters (other names) and their jobs are left alone
 #   SLAB_KEEP_MUNGE=1  leave munged running
 # Logs and state stay in $SLAB_DIR for post-mortems (up.sh starts from a clean state anyway).
 set -euo pipefail
-LAB=${SLAB_DIR:-/tmp/slurm-local}
+NAME=${SLAB_NAME:-slurm-local}
+LAB=${SLAB_DIR:-/tmp/$NAME}
+NS=slab-$NAME
 RUN=$LAB/run
 T0=$EPOCHREALTIME
 log() { printf '[down %s] %s\n' "$(date +%T)" "$*"; }
@@ -38,12 +42,14 @@ descendants() { # all descendant PIDs of $1 (walks PPid links)
 
 export SLURM_CONF=$LAB/etc/slurm.conf
 # mode 2ns: slurmctld listens in n1's network namespace only
-net=(); [ -f "$RUN/netns" ] && [ -e /run/netns/slab-n1 ] && net=(nsenter --net=/run/netns/slab-n1)
+net=(); [ -f "$RUN/netns" ] && [ -e "/run/netns/$NS-n1" ] && net=(nsenter --net="/run/netns/$NS-n1")
 
-# 1. cancel jobs so their slurmstepd/job processes end cleanly
+# 1. cancel this cluster's jobs (by id, from its own slurmctld) so their processes end cleanly
 if [ -f "$RUN/mode" ] && is_proc "$(cat "$RUN/slurmctld.pid" 2>/dev/null)" slurmctld; then
-  if [ -n "$(timeout 5 "${net[@]}" squeue -h -o %i 2>/dev/null || true)" ]; then
-    timeout 5 "${net[@]}" scancel --user=root 2>/dev/null || true
+  jobs=$(timeout 5 "${net[@]}" squeue -h -o %i 2>/dev/null || true)
+  if [ -n "$jobs" ]; then
+    # shellcheck disable=SC2086  # a list of job ids
+    timeout 5 "${net[@]}" scancel $jobs 2>/dev/null || true
     for _ in $(seq 1 100); do
       [ -z "$(timeout 5 "${net[@]}" squeue -h -o %i 2>/dev/null || true)" ] && break; sleep 0.2
     done
@@ -87,7 +93,7 @@ if [ -f "$RUN/etc_link" ]; then
 fi
 if [ -f "$RUN/hosts_added" ]; then
   # /etc/hosts may be a bind mount (docker): rewrite in place, don't rename over it
-  grep -v '# slurm_lab$' /etc/hosts > "$RUN/hosts.tmp" || true
+  grep -v "# $NS\$" /etc/hosts > "$RUN/hosts.tmp" || true
   cat "$RUN/hosts.tmp" > /etc/hosts
   rm -f "$RUN/hosts.tmp" "$RUN/hosts_added"
 fi

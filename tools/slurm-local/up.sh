@@ -8,16 +8,18 @@
 #          --enable-multiple-slurmd); each slurmd runs under `unshare --mount --uts` with its own
 #          hostname and /etc/hosts view, so `srun hostname` prints n1 / n2 and torchrun's c10d
 #          rendezvous sees distinct hosts.
-#     2ns  two nodes n1,n2, each in its own network namespace (slab-n1, slab-n2: 10.200.0.1/.2
-#          on a veth pair that exists only inside them), slurmctld in n1's: a node's network can
-#          be taken away (`ip -n slab-n2 link set slab-v2 down`). Client commands must run in
+#     2ns  two nodes n1,n2, each in its own network namespace (slab-$SLAB_NAME-n1, -n2: 10.200.0.1/.2
+#          on a veth pair that exists only inside them), slurmctld in n1's: a node's network can be
+#          taken away (`ip -n slab-slurm-local-n2 link set slab-v2 down`). Client commands must run in
 #          n1's namespace: $SLAB_DIR/bin/{sbatch,squeue,...} do that (env.sh puts them on PATH).
 #
 # Idempotent: same mode while healthy => no-op; another mode (or broken cluster) => down + up.
 # Afterwards:  source $SLAB_DIR/env.sh   (SLURM_CONF, and slab_wait JOBID [TIMEOUT_S])
 # Tear down:   down.sh (stops only what this script started, by pid file)
 #
-# Knobs (env): SLAB_DIR=/tmp/slurm-local  SLAB_CPUS=16 (advertised CPUs/node)
+# Knobs (env): SLAB_NAME=slurm-local: the cluster's name; its state folder, network namespaces and
+#   cleanup derive from it, so that clusters of other names (and ports) run beside it
+#   SLAB_DIR=/tmp/$SLAB_NAME  SLAB_CPUS=16 (advertised CPUs/node)
 #   SLAB_MEM_MB=131072 (advertised RealMemory/node, so #SBATCH --mem=32G is accepted)
 #   SLAB_GPUS=4 (fake GPUs/node, 0 = no GRES)  SLAB_CTL_PORT=16817  SLAB_SLURMD_PORT=16818
 #   SLAB_PARTITIONS="debug" (space-separated; scripts with #SBATCH --partition=X need X here)
@@ -31,7 +33,9 @@
 #                namespaces here (callers may skip).
 set -euo pipefail
 
-LAB=${SLAB_DIR:-/tmp/slurm-local}
+NAME=${SLAB_NAME:-slurm-local}
+LAB=${SLAB_DIR:-/tmp/$NAME}
+NS=slab-$NAME  # network namespaces $NS-n1, $NS-n2 (mode 2ns)
 MODE=${1:-${SLAB_MODE:-1}}
 CPUS=${SLAB_CPUS:-16}
 MEM_MB=${SLAB_MEM_MB:-131072}
@@ -84,7 +88,7 @@ if [ "$MODE" = 2ns ] && ! { command -v ip >/dev/null && unshare --mount --uts --
 fi
 
 # ---------------------------------------------------------------- already up?
-SPEC="v3 mode=$MODE cpus=$CPUS mem=$MEM_MB gpus=$GPUS parts=$PARTS ports=$CTL_PORT,$SLURMD_PORT"
+SPEC="v4 name=$NAME mode=$MODE cpus=$CPUS mem=$MEM_MB gpus=$GPUS parts=$PARTS ports=$CTL_PORT,$SLURMD_PORT"
 if [ -f "$RUN/mode" ]; then
   old=$(cat "$RUN/mode")
   ok=1
@@ -219,23 +223,24 @@ case "$MODE" in
 esac
 if [ "$MODE" = 2ns ]; then
   UNSHARE_OK=1
-  for n in 1 2; do ip netns add slab-n$n 2>/dev/null || true; done
-  ip -n slab-n1 link show slab-v1 >/dev/null 2>&1 || \
-    ip link add slab-v1 netns slab-n1 type veth peer name slab-v2 netns slab-n2
+  for n in 1 2; do ip netns add "$NS-n$n" 2>/dev/null || true; done
+  # the veth ends live only inside the namespaces: their names clash with no other cluster's
+  ip -n "$NS-n1" link show slab-v1 >/dev/null 2>&1 || \
+    ip link add slab-v1 netns "$NS-n1" type veth peer name slab-v2 netns "$NS-n2"
   for n in 1 2; do
-    ip -n slab-n$n addr replace 10.200.0.$n/24 dev slab-v$n
-    ip -n slab-n$n link set lo up
-    ip -n slab-n$n link set slab-v$n up
+    ip -n "$NS-n$n" addr replace 10.200.0.$n/24 dev slab-v$n
+    ip -n "$NS-n$n" link set lo up
+    ip -n "$NS-n$n" link set slab-v$n up
   done
-  echo "slab-n1 slab-n2" > "$RUN/netns"
+  echo "$NS-n1 $NS-n2" > "$RUN/netns"
 elif [ "$MODE" = 2 ]; then
   if [ "${SLAB_NO_UNSHARE:-0}" != 1 ] && unshare --mount --uts true 2>/dev/null; then
     UNSHARE_OK=1
   else
     # no CAP_SYS_ADMIN (e.g. unprivileged docker): make n1/n2 resolvable globally instead
-    # (lines tagged "# slurm_lab", removed by down.sh); both nodes keep the machine's hostname
-    grep -q '# slurm_lab$' /etc/hosts || \
-      printf '127.0.0.11 n1 # slurm_lab\n127.0.0.12 n2 # slurm_lab\n' >> /etc/hosts
+    # (lines tagged "# $NS", removed by down.sh); both nodes keep the machine's hostname
+    grep -q "# $NS\$" /etc/hosts || \
+      printf '127.0.0.11 n1 # %s\n127.0.0.12 n2 # %s\n' "$NS" "$NS" >> /etc/hosts
     echo 1 > "$RUN/hosts_added"
     log "WARNING: no unshare: both nodes report hostname $(hostname); srun + env:// works,"
     log "         torchrun --rdzv_backend=c10d with --rdzv_endpoint=n1:PORT will hang"
@@ -244,7 +249,7 @@ fi
 innode() {
   local n=$1; shift
   local net=()
-  [ "$MODE" = 2ns ] && net=(nsenter --net=/run/netns/slab-"$n")
+  [ "$MODE" = 2ns ] && net=(nsenter --net=/run/netns/"$NS-$n")
   if [ "$UNSHARE_OK" = 1 ]; then
     "${net[@]}" unshare --mount --uts sh -c \
       'mount --bind "$0" /etc/hosts && hostname "$1" && shift && exec "$@"' "$ETC/hosts" "$n" "$@"
@@ -270,10 +275,10 @@ if [ "$MODE" = 2ns ]; then
 #!/bin/sh
 export SLURM_CONF=$SLURM_CONF
 here=\$(stat -L -c %i /proc/self/ns/net)
-for ns in /run/netns/slab-n1 /run/netns/slab-n2; do
+for ns in /run/netns/$NS-n1 /run/netns/$NS-n2; do
   [ "\$(stat -L -c %i \$ns 2>/dev/null)" != "\$here" ] || exec /usr/bin/$c "\$@"
 done
-exec nsenter --net=/run/netns/slab-n1 /usr/bin/$c "\$@"
+exec nsenter --net=/run/netns/$NS-n1 /usr/bin/$c "\$@"
 EOF
     chmod +x "$LAB/bin/$c"
   done

@@ -1,0 +1,188 @@
+# The plumbing every stage's job shares, sourced by the .slurm file from its stage folder (and
+# by run_node.sh on each node): where the log goes, signals, memory logging, requeueing, the
+# reason of a failure as the log's last line. The .slurm files keep what each stage teaches.
+[ -f train.py ] || { echo "error: no train.py in $PWD: submit the job from the repository (sbatch baseline/baseline.slurm)" >&2; exit 1; }
+HOST=$(hostname -s)
+MAX_RESTARTS=${MAX_RESTARTS:-3}  # CLUSTER: requeues after a lost node or rank, each resuming from the last checkpoint
+LOGGERS=() TRAIN_PID= STATUS= ENDING= PREEMPTED= JOB_SHELL=
+# Background loggers end with the job, however it ends (success, failure, scancel, Ctrl-C).
+trap '[ ${#LOGGERS[@]} -eq 0 ] || kill "${LOGGERS[@]}" 2>/dev/null || true' EXIT
+
+# background COMMAND...: a logger that the job stops when it ends
+background() { "$@" & LOGGERS+=($!); }
+
+# has_gpus: whether nvidia-smi sees a GPU on this node; it says so when not
+has_gpus() {
+  command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1 && return
+  echo "$HOST: nvidia-smi not found or no GPU: GPU memory is not logged; training anyway"; return 1
+}
+
+# start_job NAME DESCRIPTION: the run's name, output folder and log (SLURM's, else log/ here),
+# and the log's first lines: the tables tool reads the first one.
+start_job() {
+  JOB_SHELL=1
+  RUN_NAME=${SLURM_JOB_NAME:-$1}-${SLURM_JOB_ID:-local-$(date +%Y%m%d-%H%M%S)-$$}
+  OUTPUT_DIR=${OUTPUT_DIR:-runs/$RUN_NAME}
+  [[ $OUTPUT_DIR = /* ]] || OUTPUT_DIR=$PWD/$OUTPUT_DIR
+  if [ -n "${SLURM_JOB_ID:-}" ]; then
+    OUT=$(scontrol show job "$SLURM_JOB_ID" | sed -n 's/^ *StdOut=//p')
+  else  # without SLURM the job writes its own log
+    OUT=$PWD/log/$RUN_NAME.out; mkdir -p log; exec > >(tee -a "$OUT") 2>&1
+  fi
+  LOG=$(dirname "$OUT") OUT_START=$(stat -c %s "$OUT" 2>/dev/null || echo 0)
+  echo "run $RUN_NAME on $HOST, ${2:+$2, }output in $OUTPUT_DIR"
+  echo "python: $(command -v python)"
+  if [ "${SLURM_RESTART_COUNT:-0}" -gt 0 ]; then
+    echo "attempt $((SLURM_RESTART_COUNT + 1)) of job $SLURM_JOB_ID (requeued $SLURM_RESTART_COUNT time(s))"
+    python -m workshop.job lost "$OUTPUT_DIR"
+  fi
+  rm -f "$OUTPUT_DIR/save-and-stop"
+  trap 'save_and_stop "warning signal"' USR1
+}
+
+# gpus_per_node: the processes to start on each node: GPUS, else the allocation's GPU count
+# (SLURM's, else CUDA_VISIBLE_DEVICES or nvidia-smi), refused when above the allocation's.
+gpus_per_node() {
+  local allocated
+  if [ -n "${SLURM_GPUS_ON_NODE:-}" ]; then allocated=$SLURM_GPUS_ON_NODE
+  elif [ -n "${CUDA_VISIBLE_DEVICES:-}" ]; then allocated=$(echo "$CUDA_VISIBLE_DEVICES" | tr ',' '\n' | wc -l)
+  else allocated=$( (nvidia-smi -L 2>/dev/null || true) | wc -l); fi
+  local gpus=${GPUS:-$allocated}
+  [[ $gpus =~ ^[0-9]+$ ]] || { echo "error: GPUS=$gpus: give a number of processes, e.g. GPUS=2" >&2; return 1; }
+  if [ "$allocated" -gt 0 ] && [ "$gpus" -gt "$allocated" ]; then
+    echo "error: GPUS=$gpus but this allocation has $allocated GPU(s)" >&2; return 1
+  fi
+  [ "$gpus" -gt 0 ] || { echo "error: no GPU in this allocation; set GPUS=N to run N processes on CPU" >&2; return 1; }
+  echo "$gpus"
+}
+
+# whole_seconds NAME: refuse a variable that is not a whole number of seconds
+whole_seconds() {
+  [[ ${!1} =~ ^[1-9][0-9]*$ ]] || { echo "error: $1=${!1}: give whole seconds, e.g. 60" >&2; exit 1; }
+}
+
+# rendezvous_port: MASTER_PORT, else one from the job id, outside Linux's ephemeral range
+# (32768-60999, where any program's connections take ports); the next free one if taken.
+rendezvous_port() {
+  python -m workshop.job port "${MASTER_PORT:-$((20000 + ${SLURM_JOB_ID:-$RANDOM} % 10000))}"
+}
+
+# write_hostfile: HOSTFILE lists every node with its GPUS slots, for every node's launcher;
+# MASTER_ADDR, the first node, hosts the rendezvous
+write_hostfile() {
+  local nodes=localhost
+  [ -z "${SLURM_JOB_ID:-}" ] || nodes=$(scontrol show hostnames "$SLURM_JOB_NODELIST")
+  MASTER_ADDR=$(echo "$nodes" | head -n 1) HOSTFILE=$LOG/$RUN_NAME.hostfile
+  echo "$nodes" | sed "s/\$/ slots=$GPUS/" > "$HOSTFILE"
+  echo "rendezvous on $MASTER_ADDR:$MASTER_PORT"
+}
+
+# SLURM's warning before the time limit (--signal=B:USR1@N) asks train.py, through a file in
+# the output folder, to save a checkpoint and stop after its current step (exit 75); the job
+# then requeues itself and resumes. Without SLURM: `kill -USR1 <pid of the job>`. (start_job
+# sets the trap: the job's own shell is the one that saves.)
+save_and_stop() { echo "$1: saving a checkpoint and stopping"; mkdir -p "$OUTPUT_DIR"; touch "$OUTPUT_DIR/save-and-stop"; }
+
+# SIGTERM while SLURM still has the job RUNNING is a preemption notice (SLURM's preemption
+# with a grace time, `scancel --batch --signal=TERM`, or `kill` without SLURM): save if the
+# last checkpoint took less than the grace SLURM gives (GraceTime + KillWait; unknown: try),
+# then requeue. Otherwise (scancel, the time limit, Ctrl-C, or on a node) the training writes
+# its metrics on SIGTERM: wait for it, at most a minute, passing SIGTERM on if it reached this
+# shell only. Once the job is ending on purpose (ENDING), a SIGTERM just ends it with 75.
+on_term() {
+  [ -z "$ENDING" ] || exit 75
+  if [ "$1" = TERM ] && [ -n "$JOB_SHELL" ] && [ -n "$TRAIN_PID" ] && [ -z "$PREEMPTED" ] && job_still_running; then
+    PREEMPTED=1
+    local grace checkpoint
+    grace=$(grace_seconds) checkpoint=($(python -m workshop.job checkpoint "$OUTPUT_DIR" || true))
+    if [ -n "$grace" ] && [ "${checkpoint[1]:-0}" -ge "$grace" ]; then
+      echo "preemption notice: no time to save (a checkpoint takes ${checkpoint[1]} s, SLURM gives $grace s): stopping"
+      stop_training
+    else
+      save_and_stop "preemption notice${grace:+ ($grace s to go)}"
+    fi
+    return 0  # (a bare return in a trap gives the interrupted wait's status: set -e would exit)
+  fi
+  trap '' TERM INT
+  for i in $(seq 300); do
+    [ -n "$TRAIN_PID" ] && kill -0 "$TRAIN_PID" 2>/dev/null || break
+    [ "$i" != 15 ] || stop_training
+    sleep 0.2
+  done
+  exit 143
+}
+trap 'on_term TERM' TERM
+trap 'on_term INT' INT
+job_still_running() {
+  [ -z "${SLURM_JOB_ID:-}" ] || scontrol show job "$SLURM_JOB_ID" 2>/dev/null | grep -q 'JobState=RUNNING'
+}
+grace_seconds() {
+  [ -n "${SLURM_JOB_ID:-}" ] || return 0
+  local kill_wait grace_time
+  kill_wait=$(scontrol show config 2>/dev/null | sed -n 's/^KillWait *= *\([0-9]*\).*/\1/p')
+  grace_time=$(scontrol show partition "${SLURM_JOB_PARTITION:-}" 2>/dev/null | grep -o 'GraceTime=[0-9]*' | cut -d= -f2)
+  echo $((${kill_wait:-30} + ${grace_time:-0}))
+}
+# stop_training: SIGTERM to the training; from the batch shell of several nodes, to every
+# node's tasks (not to srun, which would SIGKILL them)
+stop_training() {
+  if [ -n "$JOB_SHELL" ] && [ "${SLURM_NNODES:-1}" -gt 1 ]; then
+    scancel --signal=TERM "$SLURM_JOB_ID" 2>/dev/null || true
+  else
+    python -m workshop.job stop "$TRAIN_PID" || true
+  fi
+}
+
+# launch COMMAND...: the training on this node, the host memory of its ranks logged beside the
+# job's log; launch_nodes COMMAND...: the training on every node (each logs its own). STATUS
+# is its exit status once it has ended (a signal to this shell cuts `wait` short).
+launch() {
+  "$@" &
+  TRAIN_PID=$!
+  background python -m workshop.host_memory "$TRAIN_PID" "$LOG/$RUN_NAME-host-memory-$HOST.csv"
+  wait_for_training
+}
+launch_nodes() { "$@" & TRAIN_PID=$!; wait_for_training; }
+wait_for_training() {
+  STATUS=0; wait "$TRAIN_PID" || STATUS=$?
+  while [ "$STATUS" -gt 128 ] && kill -0 "$TRAIN_PID" 2>/dev/null; do
+    STATUS=0; wait "$TRAIN_PID" || STATUS=$?
+  done
+}
+
+# end_job: 0 done. 75 (saved on request) or preempted: requeue, to resume from the newest
+# checkpoint. Failed: the reason as the log's last line; after a lost node or rank (a collective
+# that timed out, a peer gone, a node's task killed) the job requeues itself first, at most
+# MAX_RESTARTS times.
+end_job() {
+  [ "$STATUS" -ne 0 ] || exit 0
+  if [ "$STATUS" -eq 75 ] || [ -n "$PREEMPTED" ]; then
+    requeue
+    exit 75
+  fi
+  [ -n "${SLURM_JOB_ID:-}" ] || sleep 0.5  # tee writes the log a moment later
+  local reason restarts
+  reason=$(python -m workshop.job reason "$OUT" "$OUT_START" "$JOB_STARTED_AT" "$OUTPUT_DIR" "$STATUS")
+  if [ -n "${SLURM_JOB_ID:-}" ] && [[ $reason =~ "collective operation timed out"|"closed by peer"|"reset by peer"|"was killed (srun" ]]; then
+    restarts=$(grep -c "^requeueing job $SLURM_JOB_ID after a failure" "$OUT" || true)
+    if [ "$restarts" -lt "$MAX_RESTARTS" ]; then
+      say_last "$reason"
+      requeue "after a failure (restart $((restarts + 1)) of at most $MAX_RESTARTS)"
+    else
+      echo "not requeueing: $restarts restarts after failures already (MAX_RESTARTS=$MAX_RESTARTS)"
+    fi
+  fi
+  say_last "$reason"
+  exit 1
+}
+say_last() { [ "$(tail -n 1 "$OUT")" = "$1" ] || echo "$1"; }
+# requeue [WHY]: requeue this job (it ends here); without SLURM, say how to resume
+requeue() {
+  if [ -z "${SLURM_JOB_ID:-}" ]; then
+    echo "stopped with a checkpoint: OUTPUT_DIR=$OUTPUT_DIR bash $SCRIPT [the same options] resumes it"
+    return
+  fi
+  echo "requeueing job $SLURM_JOB_ID${1:+ $1}: it resumes from the newest checkpoint in $OUTPUT_DIR"
+  ENDING=1; scontrol requeue "$SLURM_JOB_ID" && exit 75
+  ENDING=; echo "error: this job cannot be requeued here: OUTPUT_DIR=$OUTPUT_DIR sbatch $SCRIPT resumes it"
+}
