@@ -549,3 +549,21 @@ def test_a_length_whose_memory_the_machine_cannot_give(tiny, tmp_path):
     """Before: the allocator's "can't allocate 40000000000 bytes" traceback mid-step."""
     assert_refused(train("baseline", tiny, tmp_path, max_length=60000, num_train_epochs=1),
                    "the plan puts this run's peak at", "--max_length 60000", "tools/plan.py")
+
+
+@pytest.mark.parametrize("stage, variable, value, words", [
+    ("deepspeed-single-gpu", "MASTER_PORT", "abc", "MASTER_PORT=abc: give a port number"),
+    ("deepspeed-multi-gpu", "GPUS", "0", "GPUS=0: give the processes to start, 1 to 2"),
+    ("baseline", "PREPARED", "../prepard", "PREPARED=../prepard holds no model/ and data/")])
+def test_job_settings_checked_as_options_are(stage, variable, value, words):
+    """A job's environment settings, refused in one line before anything starts (no SLURM here;
+    CUDA_VISIBLE_DEVICES stands for an allocation of two GPUs)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    env.update({variable: value, "CUDA_VISIBLE_DEVICES": "0,1"})
+    proc = subprocess.run(["bash", str(ROOT / stage / f"{stage}.slurm"), "--use_cpu", "True"],
+                          env=env, capture_output=True, text=True, timeout=60)
+    for name in re.findall(r"^run (\S+) on ", proc.stdout, re.M):  # the log it began, if any
+        for path in (ROOT / stage / "log").glob(f"{name}*"):
+            path.unlink()
+    last = (proc.stdout + proc.stderr).strip().splitlines()[-1]
+    assert proc.returncode == 1 and last.startswith(f"error: {words}"), proc.stdout + proc.stderr

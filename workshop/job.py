@@ -27,6 +27,9 @@ KILLED = re.compile(r"srun: error: (\S+): tasks? [\d,-]+: Killed$")
 
 def port(asked):
     """The first port from `asked` that is free here, as torch's rendezvous binds it."""
+    if not asked.isdigit() or not 1024 <= int(asked) <= 65535 - 100:
+        sys.exit(f"error: MASTER_PORT={asked}: give a port number between 1024 and 65435, or "
+                 f"leave it unset (the job picks one from its id)")
     asked = int(asked)
     for candidate in range(asked, asked + 100):
         with socket.socket() as s:

@@ -52,8 +52,20 @@ gpus_per_node() {
   if [ "$allocated" -gt 0 ] && [ "$gpus" -gt "$allocated" ]; then
     echo "error: GPUS=$gpus but this allocation has $allocated GPU(s)" >&2; return 1
   fi
+  if [ "$gpus" -eq 0 ] && [ "$allocated" -gt 0 ]; then
+    echo "error: GPUS=0: give the processes to start, 1 to $allocated (this allocation's GPUs)" >&2; return 1
+  fi
   [ "$gpus" -gt 0 ] || { echo "error: no GPU in this allocation; set GPUS=N to run N processes on CPU" >&2; return 1; }
   echo "$gpus"
+}
+
+# prepared FOLDER: whether FOLDER holds prepare.py's model/ and data/; a folder named
+# explicitly (PREPARED=...) that does not is refused: the job would fall back to the hub ids.
+prepared() {
+  [ -d "$1/model" ] && [ -d "$1/data" ] && return 0
+  [ "$1" = ../prepared ] && return 1
+  echo "error: PREPARED=$1 holds no model/ and data/ (looked in $(realpath -m "$1")): give the folder python tools/prepare.py --prepared_dir filled" >&2
+  exit 1
 }
 
 # whole_seconds NAME: refuse a variable that is not a whole number of seconds
