@@ -9,7 +9,7 @@ setup: $(VENV)/installed
 $(VENV)/installed: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
-	$(VENV)/bin/pip install --quiet -r requirements.txt
+	$(VENV)/bin/pip install --progress-bar off -r requirements.txt
 	$(VENV)/bin/pip install --quiet --no-build-isolation --no-deps -e .
 	$(VENV)/bin/python -m workshop.build_ops
 	touch $@

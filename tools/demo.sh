@@ -10,7 +10,19 @@ tiny=$(readlink -f "${1:-tiny}")
 # jobs are GPU jobs: on the CPU only when told (--use_cpu True), with GPUS=N processes.
 args=(--model_name_or_path "$tiny/model" --dataset_name_or_path "$tiny/data"
       --train_samples 64 --eval_samples 16 --max_length 64 --learning_rate 2e-3 --use_cpu True)
-show() { grep --line-buffered -E "^(run |epoch |error|notice)"; }
+# The lines the README shows; while none comes, how long the stage has been running (every 10 s).
+show() {
+  local started=$SECONDS said=$SECONDS line status
+  while true; do
+    IFS= read -r -t 10 line && status=0 || status=$?
+    [ "$status" -eq 0 ] || [ "$status" -gt 128 ] || break
+    if [ "$status" -eq 0 ] && [[ $line =~ ^(run |epoch |answers |job time|error|notice|building) ]]; then
+      echo "$line"; said=$SECONDS
+    elif [ $((SECONDS - said)) -ge 10 ]; then
+      echo "   ... $((SECONDS - started)) s"; said=$SECONDS
+    fi
+  done
+}
 
 echo "== 1. baseline: HF Trainer, no DeepSpeed"
 bash baseline/baseline.slurm "${args[@]}" 2>&1 | show
