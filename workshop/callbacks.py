@@ -166,3 +166,57 @@ class AnswerQualityBeforeTraining(TrainerCallback):
             with self.clock.timing("answer_generation"):
                 scores, _ = answer_quality(model, self.tokenizer, self.rows, self.max_length, args.device)
             state.log_history.append(dict(answer_quality_before=scores, step=0))
+
+
+# What a kernel is, by its name (CUDA kernels of torch, cuBLAS, inductor and fused AdamW)
+KERNEL_KINDS = (("matmuls", r"gemm|gemv|cutlass|cublas|sm90_xmma|nvjet"),
+                ("attention", r"flash|fmha|attention|sdpa|efficient"),
+                ("optimizer", r"adam|multi_tensor|foreach"),
+                ("loss", r"cross_entropy|log_softmax|nll_loss"),
+                ("compiled (fused elementwise)", r"triton"),
+                ("copies and casts", r"copy|cast|fill|cat_|memcpy|memset"))
+
+
+class StepProfiler(TrainerCallback):
+    """torch.profiler over `steps` optimizer steps from the middle of the run: the GPU's time by
+    kind of kernel, and the time it waited (the steps' wall time less its busy time), in
+    output_dir/profile.txt and printed. With compiled blocks, profile a run of two epochs or
+    more: by its middle every sequence length has compiled."""
+
+    def __init__(self, output_dir, steps):
+        self.path, self.steps = Path(output_dir) / "profile.txt", steps
+        self.profiler = self.started = None
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if self.profiler is None and self.started is None and state.global_step >= state.max_steps // 2:
+            self.profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU,
+                                                               torch.profiler.ProfilerActivity.CUDA])
+            self.profiler.__enter__()
+            self.first, self.started = state.global_step, time.time()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.profiler is not None and state.global_step - self.first >= self.steps:
+            torch.cuda.synchronize()
+            wall = time.time() - self.started
+            self.profiler.__exit__(None, None, None)
+            self.write(wall, state.global_step - self.first)
+            self.profiler = None
+
+    def write(self, wall, steps):
+        import re
+        kinds = dict.fromkeys([k for k, _ in KERNEL_KINDS] + ["other kernels"], 0.0)
+        for event in self.profiler.key_averages():
+            seconds = getattr(event, "self_device_time_total", 0) / 1e6
+            if seconds and event.device_type == torch.autograd.DeviceType.CUDA:
+                kind = next((k for k, pattern in KERNEL_KINDS if re.search(pattern, event.key, re.I)),
+                            "other kernels")
+                kinds[kind] += seconds
+        busy = sum(kinds.values())
+        lines = [f"{steps} optimizer steps, {wall:.3f} s of wall time ({wall / steps * 1e3:.1f} ms a step)",
+                 "| part | ms a step | share of the wall time |", "|---|---|---|"]
+        for kind, seconds in sorted(kinds.items(), key=lambda kv: -kv[1]):
+            lines.append(f"| {kind} | {seconds / steps * 1e3:.1f} | {seconds / wall:.0%} |")
+        lines.append(f"| GPU waiting (launch gaps, Python, the CPU) | {(wall - busy) / steps * 1e3:.1f} | "
+                     f"{(wall - busy) / wall:.0%} |")
+        self.path.write_text("\n".join(lines) + "\n")
+        print("\n".join(lines))

@@ -129,6 +129,8 @@ def check_values(asked, deepspeed):
         raise ValueError(f"--resume_from_checkpoint {asked.resume_from_checkpoint}: no checkpoint "
                          f"there (no trainer_state.json); give a run's checkpoint-N folder, or True "
                          f"for the newest in --output_dir")
+    if asked.profile_steps < 0:
+        raise ValueError(f"--profile_steps {asked.profile_steps}: give 0 (no profile) or more")
     if asked.length_multiple is not None and asked.length_multiple < 1:
         raise ValueError(f"--length_multiple {asked.length_multiple}: must be above 0")
     check_sources(asked)

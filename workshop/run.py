@@ -28,7 +28,8 @@ import torch
 import torch.distributed as dist
 from transformers import AutoConfig, TrainerCallback
 
-from workshop.callbacks import AnswerQualityBeforeTraining, Checkpoints, Clock, gather, is_distributed
+from workshop.callbacks import (AnswerQualityBeforeTraining, Checkpoints, Clock, StepProfiler, gather,
+                                is_distributed)
 from workshop.metrics import (ARCHITECTURE_KEYS, METRICS_FILE, SCHEMA_VERSION, SETTINGS_FILE,
                               STOPPED_TO_RESUME, TIME_PARTS)
 from workshop.resume import resume_point, run_settings, take_lock
@@ -257,6 +258,8 @@ class Run(TrainerCallback):
         check_memory(self.args, self.training_args, self.deepspeed, data.longest)
         self.checkpoints = Checkpoints(self.training_args.output_dir, self.args.save_minutes, self.started)
         callbacks = [self.clock, self.checkpoints, self]
+        if self.args.profile_steps and self.training_args.device.type == "cuda":
+            callbacks.append(StepProfiler(self.training_args.output_dir, self.args.profile_steps))
         if self.args.answer_quality:
             callbacks.append(AnswerQualityBeforeTraining(tokenizer, data.questions,
                                                          self.args.max_length, self.clock))

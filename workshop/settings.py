@@ -43,6 +43,10 @@ class WorkshopArguments:
         30, "write a checkpoint after this many minutes of training (and on the time limit's "
         "warning, see the .slurm job), not every epoch: a workshop run of a few minutes then "
         "writes none, and a preempted long run loses at most this much")
+    profile_steps: int = option(
+        0, "profile this many optimizer steps from the run's middle (torch.profiler): where a "
+        "step's time goes, by kind of kernel, and how long the GPU waits (profile.txt in "
+        "--output_dir)")
     length_multiple: int | None = option(
         None, "without --pad_to_max_length, batches are padded to a multiple of this. Unset: 8, "
         "which suits the GPU's matrix units; 64 with compiled blocks, which record a CUDA graph "
