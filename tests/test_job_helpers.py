@@ -90,3 +90,15 @@ def test_a_taken_port_gives_the_next_free_one():
         s.listen()
         taken = s.getsockname()[1]
         assert job.port(taken) > taken
+
+
+def test_a_python_without_the_packages_names_the_environment(tmp_path):
+    """A job whose Python lacks deepspeed (the launcher's exit status 127) or the package."""
+    from workshop.job import reason
+    log = tmp_path / "job.out"
+    log.write_text("run x on n1, output in /o\npython: /opt/py/bin/python\nrun_node.sh: line 3: deepspeed: command not found\n")
+    said = reason(log, 0, 0, tmp_path / "o", 127)
+    assert said.startswith("error: the job's Python environment (/opt/py/bin/python) has a command it runs is missing")
+    assert "pip install -e ." in said
+    log.write_text("python: /opt/py/bin/python\nModuleNotFoundError: No module named 'workshop'\n")
+    assert "has no module workshop: activate" in reason(log, 0, 0, tmp_path / "o", 1)

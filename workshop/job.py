@@ -22,16 +22,17 @@ CAUSES = re.compile(r"No space left on device|Disk quota exceeded|Read-only file
                     r"Cannot allocate memory")
 
 # srun's line for a node's task killed from outside (by SLURM, the kernel, an operator)
+MISSING_MODULE = re.compile(r"ModuleNotFoundError: No module named '([\w.]+)'")
 KILLED = re.compile(r"srun: error: (\S+): tasks? [\d,-]+: Killed$")
 
 
 def port(asked):
     """The first port from `asked` that is free here, as torch's rendezvous binds it."""
-    if not asked.isdigit() or not 1024 <= int(asked) <= 65535 - 100:
-        sys.exit(f"error: MASTER_PORT={asked}: give a port number between 1024 and 65435, or "
+    if not str(asked).isdigit() or not 1024 <= int(asked) <= 65535:
+        sys.exit(f"error: MASTER_PORT={asked}: give a port number between 1024 and 65535, or "
                  f"leave it unset (the job picks one from its id)")
     asked = int(asked)
-    for candidate in range(asked, asked + 100):
+    for candidate in range(asked, min(asked + 100, 65536)):
         with socket.socket() as s:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
@@ -113,6 +114,13 @@ def reason(log, offset, started, output_dir, status):
     killed = [m for m in map(KILLED.match, lines) if m]
     if killed:
         return f"error: the task on {killed[-1][1]} was killed ({killed[-1][0]})"
+    missing = [m[1] for m in map(MISSING_MODULE.search, lines) if m]
+    if missing or str(status) == "127":
+        python = next((line[len("python: "):] for line in lines if line.startswith("python: ")), "python")
+        what = f"no module {missing[-1]}" if missing else "a command it runs is missing (exit status 127)"
+        return (f"error: the job's Python environment ({python}) has {what}: activate the one the "
+                f"README's setup made (make setup; source .venv/bin/activate) or install into yours: "
+                f"pip install -r requirements.txt && pip install -e .")
     return f"error: train.py ended with exit status {status} without a reason: see the lines above"
 
 
