@@ -2,6 +2,7 @@
 
     python -m workshop.job port ASKED            # a free rendezvous port, from ASKED on
     python -m workshop.job stop PID              # SIGTERM to PID and all its descendants
+    python -m workshop.job training OUTPUT_DIR   # exit 0 while a rank of that run still runs here
     python -m workshop.job checkpoint OUTPUT_DIR # "STEP SECONDS" of the newest checkpoint
     python -m workshop.job lost OUTPUT_DIR       # the steps a requeued attempt lost, if any
     python -m workshop.job reason LOG OFFSET STARTED OUTPUT_DIR STATUS   # why the training failed
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import psutil
 
+from workshop.host_memory import is_rank
 from workshop.metrics import METRICS_FILE, checkpoints, read_json
 
 # Lines that name what a failure came down to (a full disk while compiling DeepSpeed's ops):
@@ -57,6 +59,19 @@ def stop(pid):
             process.send_signal(signal.SIGTERM)
         except psutil.Error:
             pass
+
+
+def training(output_dir):
+    """Whether a rank writing into output_dir still runs here: the launcher may be gone already
+    (deepspeed's dies at once on SIGTERM) while its ranks still write their metrics."""
+    for process in psutil.process_iter():
+        try:
+            args = process.cmdline()
+            if is_rank(process) and any(a == "--output_dir" and b == output_dir for a, b in zip(args, args[1:])):
+                return
+        except psutil.Error:
+            continue
+    sys.exit(1)
 
 
 def newest_checkpoint(output_dir):
@@ -126,6 +141,7 @@ def reason(log, offset, started, output_dir, status):
 
 if __name__ == "__main__":
     command, *args = sys.argv[1:]
-    answer = {"port": port, "stop": stop, "checkpoint": checkpoint, "lost": lost, "reason": reason}[command](*args)
+    answer = {"port": port, "stop": stop, "training": training, "checkpoint": checkpoint, "lost": lost,
+              "reason": reason}[command](*args)
     if answer:
         print(answer)

@@ -117,11 +117,16 @@ on_term() {
   fi
   trap '' TERM INT
   for i in $(seq 300); do
-    [ -n "$TRAIN_PID" ] && kill -0 "$TRAIN_PID" 2>/dev/null || break
+    training_runs || break
     [ "$i" != 15 ] || stop_training
     sleep 0.2
   done
   exit 143
+}
+# training_runs: the launcher, or (the job's own shell) a rank of this run it left behind
+training_runs() {
+  [ -n "$TRAIN_PID" ] || return 1
+  kill -0 "$TRAIN_PID" 2>/dev/null || { [ -n "$JOB_SHELL" ] && python -m workshop.job training "$OUTPUT_DIR"; }
 }
 trap 'on_term TERM' TERM
 trap 'on_term INT' INT
