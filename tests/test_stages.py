@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from conftest import DEEPSPEED_STAGES, EPOCHS, ROOT, RUNS, STAGES, run_stage
+from conftest import DEEPSPEED_STAGES, EPOCHS, ROOT, RUNS, STAGES, run_stage, tiny_args
 from workshop.answers import squad_scores
 
 LESSON = ["model.py", "data_loader.py", "train.py", "config.py"]
@@ -243,3 +243,36 @@ def test_stopped_on_request_and_resumed_ends_as_the_uninterrupted_run(runs, tiny
         assert theirs["train_loss"] == pytest.approx(ours["train_loss"], rel=1e-5)
     assert {p: p.read_bytes() for p in good.rglob("*") if p.is_file()} == saved
     assert [p.name for p in cut_off.iterdir()] == ["model.safetensors"]
+
+
+@pytest.mark.parametrize("preempted", [True, False])
+def test_sigterm_during_training_saves_when_the_job_says_preemption(tiny, tmp_path, preempted):
+    """SLURM preempts with SIGTERM and a grace period; the job then creates the save-and-stop
+    file: train.py saves after the current step and exits 75 (the job requeues it). Without
+    the file (scancel, a time limit without warning) it leaves with 143, its metrics written."""
+    import signal
+    import time
+    args = tiny_args(tiny, output_dir=tmp_path, train_samples=64, num_train_epochs=50)
+    proc = subprocess.Popen([sys.executable, "train.py", *args], cwd=ROOT / "baseline",
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        for line in proc.stdout:
+            if "{'loss': " in line:
+                break
+        proc.send_signal(signal.SIGTERM)
+        if preempted:
+            time.sleep(0.5)
+            (tmp_path / "save-and-stop").touch()
+        output = proc.communicate(timeout=120)[0]
+    finally:
+        proc.kill()
+    metrics = json.loads((tmp_path / "run_metrics.json").read_text())
+    if preempted:
+        assert proc.returncode == 75, output[-3000:]
+        step = metrics["stopped_on_request_at_step"]
+        assert metrics["status"] == "stopped_on_request" and step >= 1
+        assert (tmp_path / f"checkpoint-{step}" / "trainer_state.json").is_file()
+    else:
+        assert proc.returncode == 143, output[-3000:]
+        assert metrics["status"] == "interrupted" and metrics["error"] == "stopped by signal 15"
+        assert not list(tmp_path.glob("checkpoint-*"))

@@ -1,6 +1,7 @@
 """The Trainer callbacks the run attaches (workshop/run.py): where the job's time goes, and
 checkpoints on time and on request. Nothing happens on import."""
 import contextlib
+import signal
 import sys
 import time
 from pathlib import Path
@@ -116,23 +117,47 @@ class Checkpoints(TrainerCallback):
     """A checkpoint every `minutes` of the run and one when SAVE_AND_STOP_FILE appears (then
     training stops after the current step, to be resumed).
 
+    A SIGTERM during training (`terminated`, from the run's signal handler) ends the run after
+    the current step: saved and stopped as on request when the job asked for it (a preemption
+    notice: the job creates the file within PREEMPTION_WAIT seconds), else interrupted (143).
     All ranks must save and stop at the same step, so rank 0 decides and tells the others in
     one small all-reduce per optimizer step (only with several ranks).
     """
+    PREEMPTION_WAIT = 3  # s: how long the job may take to say that a SIGTERM is a preemption
 
     def __init__(self, output_dir, minutes, started):
         self.request = Path(output_dir) / SAVE_AND_STOP_FILE
         self.every, self.last_save = minutes * 60, started
         self.stopped_at = None  # the step after which training stopped on request
         self.saved_at_step = False
+        self.training = self.terminated = False
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.training = True
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.training = False
 
     def on_step_end(self, args, state, control, **kwargs):
-        stop = state.is_world_process_zero and self.request.exists()
-        save = state.is_world_process_zero and time.time() - self.last_save > self.every
+        zero = state.is_world_process_zero
+        stop = zero and self.request.exists()
+        save = zero and time.time() - self.last_save > self.every
+        terminated = self.terminated
         if is_distributed():
-            decision = torch.tensor([float(stop), float(save)], device=args.device)
+            decision = torch.tensor([float(stop), float(save), float(terminated)], device=args.device)
             dist.all_reduce(decision, op=dist.ReduceOp.MAX)
-            stop, save = decision.tolist()
+            stop, save, terminated = decision.tolist()
+        if terminated and not stop:  # a preemption notice, or scancel: the job says which
+            deadline = time.time() + self.PREEMPTION_WAIT
+            while zero and not self.request.exists() and time.time() < deadline:
+                time.sleep(0.1)
+            stop = zero and self.request.exists()
+            if is_distributed():
+                decision = torch.tensor([float(stop)], device=args.device)
+                dist.all_reduce(decision, op=dist.ReduceOp.MAX)
+                stop = decision.item()
+            if not stop:
+                sys.exit(128 + signal.SIGTERM)
         if save and state.global_step < state.max_steps:
             control.should_save = True
         if stop and state.global_step < state.max_steps:

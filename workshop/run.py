@@ -200,7 +200,7 @@ class Run(TrainerCallback):
     def __enter__(self):
         # scancel and the time limit send SIGTERM: leave through SystemExit, so that the
         # metrics file is still written (status interrupted) on the way out.
-        self.handlers = {sig: signal.signal(sig, _leave_on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+        self.handlers = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
         use_compile_caches()  # what torch.compile and DeepSpeed compile is kept for the next job
         return self
 
@@ -227,6 +227,18 @@ class Run(TrainerCallback):
         if self.error and self.status != "interrupted":
             print(f"error: {self.error}", file=sys.stderr, flush=True)
         _leave(code)
+
+    def _on_signal(self, signum, frame):
+        """The first SIGTERM/SIGINT ends the run through SystemExit (a SIGTERM during training:
+        after the current step, saved if the job says it is a preemption: Checkpoints); later
+        ones are ignored: SLURM signals every process of the job and the deepspeed launcher
+        passes it on to its ranks, and a second signal would cut the metrics file short."""
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, signal.SIG_IGN)
+        if signum == signal.SIGTERM and self.checkpoints is not None and self.checkpoints.training:
+            self.checkpoints.terminated = True
+            return
+        sys.exit(128 + signum)
 
     def _release(self):
         if self.lock:
@@ -378,15 +390,6 @@ class Run(TrainerCallback):
                   f"{self.checkpoints.stopped_at} of {metrics['max_steps']}: checkpoint-"
                   f"{self.checkpoints.stopped_at} saved; run again with --output_dir "
                   f"{self.training_args.output_dir} to resume")
-
-
-def _leave_on_signal(signum, frame):
-    """The first SIGTERM/SIGINT ends the run through SystemExit; later ones are ignored: SLURM
-    signals every process of the job and the deepspeed launcher passes it on to its ranks, and
-    a second signal would cut the writing of the metrics file short."""
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, signal.SIG_IGN)
-    sys.exit(128 + signum)
 
 
 def _leave(code):
