@@ -145,14 +145,3 @@ def in_process(argv, stage="baseline"):
         os.chdir(saved_cwd)
     return code, out.getvalue(), err.getvalue()
 
-
-# Two workers (make test: pytest -n 2 --dist loadgroup), each test file's runs made once: the
-# files that share the stages' runs go to one worker, the SLURM cluster (one per machine) to one.
-GROUPS = {"test_stages.py": "stages", "test_bad_input.py": "stages",
-          "test_slurm_jobs.py": "slurm", "test_slurm_cluster.py": "slurm"}
-
-
-def pytest_collection_modifyitems(items):
-    for item in items:
-        if group := GROUPS.get(item.path.name):
-            item.add_marker(pytest.mark.xdist_group(group))

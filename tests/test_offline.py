@@ -63,8 +63,10 @@ def test_prepare_then_train_with_the_hub_off(tiny, tmp_path, job):
     ("dataset", ["--model_name_or_path", "TINY"]),
 ])
 def test_missing_from_this_machine_names_the_prepare_command(tiny, tmp_path, job, missing, args):
+    if (ROOT / "prepared").exists():
+        pytest.skip("this checkout has a prepared/ folder, which the jobs use by default")
     args = [str(tiny / "model") if a == "TINY" else a for a in args]
-    proc = job(tmp_path / "not-prepared", *SMALL, *args)
+    proc = job("../prepared", *SMALL, *args)  # the jobs' default, absent here
     output = proc.stdout + proc.stderr
     assert proc.returncode != 0 and "Traceback" not in output, output[-3000:]
     name = {"model": "bigscience/bloom-560m", "dataset": "squad"}[missing]

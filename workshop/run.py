@@ -86,13 +86,13 @@ def load_op(name):
     try:
         return builder.load(verbose=False)
     except Exception as e:  # the compiler's own lines are above; its cause, in one line:
-        free = {p: shutil.disk_usage(p).free for p in (folder, Path(tempfile.gettempdir())) if p.exists()}
-        full = [f"{p} has {n // 2**20} MiB free" for p, n in free.items() if n < 200 * 2**20]
-        cause = ("no space left on the device (" + "; ".join(full) + ")" if full else
+        places = {folder, Path(os.environ.get("TMPDIR", "/tmp"))}
+        full = [f"{p} has {shutil.disk_usage(p).free // 2**20} MiB free" for p in places
+                if p.exists() and shutil.disk_usage(p).free < 200 * 2**20]
+        cause = (f"{'; '.join(full)}: No space left on device" if full else
                  (str(e).strip().splitlines() or [type(e).__name__])[-1][:200])
-        raise RuntimeError(f"DeepSpeed's {builder.NAME} op could not be built: {cause}; free space "
-                           f"or point TMPDIR / COMPILE_CACHE elsewhere, then run python -m "
-                           f"workshop.build_ops") from None
+        raise OSError(f"building DeepSpeed's op {builder.NAME} failed (free space or point TMPDIR "
+                      f"and COMPILE_CACHE elsewhere, then python -m workshop.build_ops): {cause}") from None
 
 
 def start_cpu_ranks(timeout_seconds):
@@ -194,19 +194,22 @@ class Run(TrainerCallback):
         self.status, self.error, self.out_of_memory = "failed", None, None
         self.args = self.training_args = self.deepspeed = self.settings = None
         self.checkpoints = self.model = self.state = self.data = self.answers_after = None
-        self.lock = self.handlers = None
+        self.lock = self.handlers = self.environment = None
 
     # -- the context -------------------------------------------------------------------------
     def __enter__(self):
         # scancel and the time limit send SIGTERM: leave through SystemExit, so that the
         # metrics file is still written (status interrupted) on the way out.
         self.handlers = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+        self.environment = dict(os.environ)
         use_compile_caches()  # what torch.compile and DeepSpeed compile is kept for the next job
         return self
 
     def __exit__(self, kind, error, tb):
         for sig, handler in (self.handlers or {}).items():
             signal.signal(sig, handler)
+        os.environ.clear()  # as it was (a process that runs train.py's main() more than once)
+        os.environ.update(self.environment)
         if isinstance(error, SystemExit) and not (isinstance(error.code, int) and error.code >= 128):
             self._release()
             return False  # argparse's own exits (--help, a misspelled option) pass
