@@ -82,7 +82,7 @@ Objective 1 (one row per run):
   eval samples/s     the Trainer's eval_samples_per_second, mean over the epochs
   EM before, F1 before, EM after, F1 after
                      SQuAD exact match and F1 (%) of the model's greedy answers to the
-                     validation questions before and after fine-tuning (answer_quality.py)
+                     validation questions before and after fine-tuning (workshop/answers.py)
 Objective 2 (one row per GPU, from nvidia-smi's memory.used, sampled every second):
   node, gpu, name    the host in the CSV's file name, nvidia-smi's index and GPU name
   samples            readings in the CSV
