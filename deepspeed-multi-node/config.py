@@ -62,10 +62,9 @@ def parse_args(argv=None):
     set up: training_arguments() below starts the run's processes."""
     parser = Parser((WorkshopArguments, TrainingArguments))
     given = parser.given(argv)
-    every = {f.name: f.default_factory() if f.default is MISSING else f.default
+    every = {f.name: f.default if f.default_factory is MISSING else f.default_factory()
              for cls in (WorkshopArguments, TrainingArguments) for f in fields(cls)
-             if f.init and MISSING in (f.default, f.default_factory) and
-             (f.default, f.default_factory) != (MISSING, MISSING)}
+             if f.init and (f.default, f.default_factory) != (MISSING, MISSING)}  # dataclasses' own
     layers = {**every, **TRAINING_DEFAULTS, "deepspeed": DEEPSPEED_CONFIG}
     if given.get("fast_path", False):
         layers.update(FAST_PATH)
