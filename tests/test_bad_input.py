@@ -215,7 +215,7 @@ def test_max_length_too_short_for_question_and_answer(tiny, tmp_path):
     ("eval_samples", 0), ("per_device_train_batch_size", 0), ("per_device_eval_batch_size", 0),
     ("gradient_accumulation_steps", 0), ("learning_rate", -1e-3), ("learning_rate", 0),
     ("num_train_epochs", 0), ("num_train_epochs", -1), ("save_minutes", 0),
-    ("weight_decay", -0.1), ("save_total_limit", 0), ("ddp_timeout", 0)])
+    ("weight_decay", -0.1), ("save_total_limit", 0), ("ddp_timeout", 0), ("profile_steps", -1)])
 def test_numbers_out_of_range(tiny, tmp_path, option, value):
     assert_refused_on_parsing(parsed(tiny, tmp_path, **{option: value}), f"--{option} {value}")
 
