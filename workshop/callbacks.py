@@ -1,6 +1,7 @@
 """The Trainer callbacks the run attaches (workshop/run.py): where the job's time goes, and
 checkpoints on time and on request. Nothing happens on import."""
 import contextlib
+import re
 import signal
 import sys
 import time
@@ -228,7 +229,6 @@ class StepProfiler(TrainerCallback):
             self.profiler = None
 
     def write(self, wall, steps):
-        import re
         kinds = dict.fromkeys([k for k, _ in KERNEL_KINDS] + ["other kernels"], 0.0)
         for event in self.profiler.key_averages():
             seconds = getattr(event, "self_device_time_total", 0) / 1e6

@@ -107,18 +107,18 @@ def start_cpu_ranks(timeout_seconds):
     return dict(ddp_backend="gloo")
 
 
-def check_memory(args, training_args, deepspeed, longest):
+def check_memory(args, training_args, deepspeed, settings, longest):
     """Refuse, before training, a run whose peak the memory plan (workshop/memory_plan.py)
     puts above what this device can give: the GPU's memory, or the host's on the CPU."""
     from workshop.memory_plan import fits, predict
     cuda = training_args.device.type == "cuda"
     try:
-        plan = predict(args.model_name_or_path, world_size=training_args.world_size,
+        plan = predict(args.model_name_or_path, world_size=settings["world_size"],
                        nodes=int(os.environ.get("SLURM_NNODES", 1)),
                        per_device_train_batch_size=training_args.per_device_train_batch_size,
                        gradient_accumulation_steps=training_args.gradient_accumulation_steps,
                        max_length=args.max_length, zero_stage=deepspeed.stage,
-                       precision="bf16" if training_args.bf16 else "fp16" if training_args.fp16 else "fp32",
+                       precision=settings["precision"],
                        offload_optimizer=bool(deepspeed.offload("optimizer")),
                        offload_param=bool(deepspeed.offload("param")),
                        gradient_checkpointing=bool(training_args.gradient_checkpointing),
@@ -270,7 +270,7 @@ class Run(TrainerCallback):
         """The Trainer's callbacks: the clock, checkpoints, this record, and the answers'
         quality before training. First, a run the memory plan says cannot fit is refused."""
         self.data = data
-        check_memory(self.args, self.training_args, self.deepspeed, data.longest)
+        check_memory(self.args, self.training_args, self.deepspeed, self.settings, data.longest)
         self.checkpoints = Checkpoints(self.training_args.output_dir, self.args.save_minutes, self.started)
         callbacks = [self.clock, self.checkpoints, self]
         if self.args.profile_steps and self.training_args.device.type == "cuda":
