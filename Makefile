@@ -19,6 +19,6 @@ demo: setup
 	bash tools/demo.sh tiny
 
 test: setup
-	$(VENV)/bin/python -m pytest -q -n 3 --dist loadfile --durations=15 tests
+	$(VENV)/bin/python -m pytest -q -n 3 --dist loadfile --no-loadscope-reorder --durations=15 tests
 
 .PHONY: setup demo test

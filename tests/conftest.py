@@ -1,7 +1,8 @@
 """Shared fixtures: a tiny BLOOM, its tokenizer and SQuAD-format data, and the stages' runs on
-it, each made once for the whole test session, whichever test file asks first."""
+it, each made once for the whole test run, by whichever worker and test file asks first."""
 import contextlib
 import io
+import json
 import os
 import shutil
 import socket
@@ -10,6 +11,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from filelock import FileLock
+
+pytest_plugins = ["stage_jobs"]  # the SLURM tests' fixtures: slurm, jobs, one_node, two_nodes
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ["baseline", "deepspeed-single-gpu", "deepspeed-multi-gpu", "deepspeed-multi-node"]
@@ -19,29 +23,75 @@ DEEPSPEED = (str(Path(sys.executable).with_name("deepspeed"))
              if Path(sys.executable).with_name("deepspeed").is_file() else shutil.which("deepspeed"))
 EPOCHS = 2
 
-# Offline, quiet, deterministic: the tests never reach the hub.
+# Offline, quiet, deterministic: the tests never reach the hub. One OpenMP thread per process:
+# the suite runs several processes at once on a machine of few cores, where each process's
+# spinning OpenMP threads would take the cores from the others (a tiny model gains nothing
+# from a second thread).
 os.environ.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
-                  PYTHONUNBUFFERED="1")
+                  PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
 
 
-@pytest.fixture(scope="session", autouse=True)
-def remove_deepspeed_shared_memory():
-    """DeepSpeed on CPU leaves a 66 MB all-reduce buffer in /dev/shm for every rank of every run
-    (deepspeed_allreduce_buffer_*); a day of test runs filled a 24 GB machine's memory. The
-    session removes the ones it made."""
-    shm = Path("/dev/shm")
-    before = set(shm.glob("deepspeed_allreduce_buffer_*"))
-    yield
-    for buffer in set(shm.glob("deepspeed_allreduce_buffer_*")) - before:
-        buffer.unlink(missing_ok=True)
+# The files that take longest, first: with `--dist loadfile --no-loadscope-reorder` pytest's
+# workers take whole files in collection order, so the long ones start at once and the short
+# ones fill in after them.
+LONGEST_FIRST = ["test_slurm_two_nodes.py", "test_slurm_one_node.py", "test_stages.py",
+                 "test_resume.py", "test_bad_input.py", "test_tables.py", "test_fast_path.py"]
+
+
+def pytest_collection_modifyitems(items):
+    order = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: order.get(item.path.name, len(order)))  # stable: the rest as found
+
+
+SHM_BUFFERS = "deepspeed_allreduce_buffer_*"
+
+
+def pytest_sessionstart(session):
+    if not hasattr(session.config, "workerinput"):  # the test run itself, not one of its workers
+        session.config.shm_before = set(Path("/dev/shm").glob(SHM_BUFFERS))
+
+
+def pytest_sessionfinish(session):
+    """DeepSpeed on CPU leaves a 66 MB all-reduce buffer in /dev/shm for every rank of every run;
+    a day of test runs filled a 24 GB machine's memory. The test run removes the ones it made,
+    once every worker has finished (a worker's runs may still be using theirs)."""
+    if hasattr(session.config, "shm_before"):
+        for buffer in set(Path("/dev/shm").glob(SHM_BUFFERS)) - session.config.shm_before:
+            buffer.unlink(missing_ok=True)
 
 
 @pytest.fixture(scope="session")
-def tiny(tmp_path_factory):
-    """Folder with model/ (tiny BLOOM + tokenizer) and data/ (train/validation JSONL)."""
-    out = tmp_path_factory.mktemp("tiny")
-    subprocess.run([sys.executable, str(ROOT / "tools" / "make_tiny.py"), str(out)],
-                   check=True, capture_output=True)
+def shared(tmp_path_factory, worker_id):
+    """A folder that all workers of this test run share (xdist's workers' temporary folders are
+    siblings): what one worker makes there, the others use."""
+    base = tmp_path_factory.getbasetemp()
+    return base if worker_id == "master" else base.parent
+
+
+@contextlib.contextmanager
+def made_once(folder: Path):
+    """Yields True to the one worker that is to make `folder` (the others wait meanwhile, then
+    get False: it is made). A worker that failed while making it leaves it to the next."""
+    with FileLock(f"{folder}.lock"):
+        done = folder.with_name(folder.name + ".made")
+        if done.exists():
+            yield False
+            return
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        yield True
+        done.touch()
+
+
+@pytest.fixture(scope="session")
+def tiny(shared):
+    """Folder with model/ (tiny BLOOM + tokenizer) and data/ (train/validation JSONL), made once
+    for the whole test run."""
+    out = shared / "tiny"
+    with made_once(out) as first:
+        if first:
+            subprocess.run([sys.executable, str(ROOT / "tools" / "make_tiny.py"), str(out)],
+                           check=True, capture_output=True)
     return out
 
 
@@ -100,23 +150,33 @@ RUNS = {  # name: (stage, deepspeed ranks or None, extra train.py arguments)
 
 
 @pytest.fixture(scope="session")
-def runs(tiny, tmp_path_factory):
-    """runs(name) -> (output dir, completed process) of RUNS[name], made once per session.
+def runs(tiny, shared):
+    """runs(name) -> (output dir, completed process) of RUNS[name], made once for the whole test
+    run, by the first worker that asks (another that asks meanwhile waits for it).
     runs(name, stopped=True): the same run stopped on request after step 1 (exit 75, its
     checkpoint-1 to resume); copy it before changing it."""
-    made = {}
-
     def get(name, stopped=False):
-        if (name, stopped) not in made:
-            stage, ranks, extra = RUNS[name]
-            out = tmp_path_factory.mktemp(f"{name}-stopped" if stopped else name)
-            if stopped:
-                (out / "save-and-stop").touch()
-            made[name, stopped] = out, run_stage(stage, tiny, out, ranks, extra)
-            if stopped:
-                (out / "save-and-stop").unlink()
-        return made[name, stopped]
+        out = shared / "runs" / (f"{name}-stopped" if stopped else name)
+        process = out.with_name(out.name + ".json")  # beside the run: its folder is the run's own
+        with made_once(out) as first:
+            if first:
+                stage, ranks, extra = RUNS[name]
+                if stopped:
+                    (out / "save-and-stop").touch()
+                proc = run_stage(stage, tiny, out, ranks, extra)
+                if stopped:
+                    (out / "save-and-stop").unlink()
+                process.write_text(json.dumps(dict(args=proc.args, returncode=proc.returncode,
+                                                   stdout=proc.stdout, stderr=proc.stderr)))
+        return out, subprocess.CompletedProcess(**json.loads(process.read_text()))
     return get
+
+
+def metrics_of(run, exit_status=0):
+    """The run_metrics.json of runs(name), its exit status checked."""
+    out, proc = run
+    assert proc.returncode == exit_status, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return json.loads((out / "run_metrics.json").read_text())
 
 
 def in_process(argv, stage="baseline"):
