@@ -61,11 +61,11 @@ def pytest_sessionfinish(session):
 
 
 @pytest.fixture(scope="session")
-def shared(tmp_path_factory, worker_id):
+def shared(tmp_path_factory, pytestconfig):
     """A folder that all workers of this test run share (xdist's workers' temporary folders are
     siblings): what one worker makes there, the others use."""
     base = tmp_path_factory.getbasetemp()
-    return base if worker_id == "master" else base.parent
+    return base.parent if hasattr(pytestconfig, "workerinput") else base
 
 
 @contextlib.contextmanager
