@@ -195,6 +195,7 @@ class Run(TrainerCallback):
         self.args = self.training_args = self.deepspeed = self.settings = None
         self.checkpoints = self.model = self.state = self.data = self.answers_after = None
         self.lock = self.handlers = self.environment = None
+        self.made_output_dir = False
 
     # -- the context -------------------------------------------------------------------------
     def __enter__(self):
@@ -246,6 +247,9 @@ class Run(TrainerCallback):
     def _release(self):
         if self.lock:
             self.lock.unlink(missing_ok=True)
+            if self.made_output_dir:  # a run refused before it wrote anything leaves no folder
+                with contextlib.suppress(OSError):
+                    self.lock.parent.rmdir()
             self.lock = None
 
     # -- what train.py tells it --------------------------------------------------------------
@@ -257,6 +261,7 @@ class Run(TrainerCallback):
         resume_from = resume_point(training_args.output_dir, training_args.resume_from_checkpoint,
                                    AutoConfig.from_pretrained(args.model_name_or_path), self.settings)
         if training_args.process_index == 0:
+            self.made_output_dir = not Path(training_args.output_dir).exists()
             self.lock = take_lock(training_args.output_dir)
         if deepspeed.offload("optimizer") == "cpu":  # DeepSpeed's CPU Adam, a C++ op compiled on
             # first use (make setup builds it): loaded here so that its time counts as compiling
