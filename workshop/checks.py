@@ -37,20 +37,17 @@ class Parser(HfArgumentParser):
         for action in self._actions:
             if action.dest != "help":
                 action.default = argparse.SUPPRESS
-        seen = {}
-        for arg in sys.argv[1:] if argv is None else argv:
-            if arg.startswith("--") and (name := self._match_option(arg.split("=")[0])):
-                if name in seen:
-                    self.error(f"--{name} is given twice ({seen[name]} and {arg}): give it once")
-                seen[name] = arg
-        return vars(self.parse_args(argv))
+        parser = self
 
-    def _match_option(self, text):
-        """The dest of the option `text` means (abbreviations included), or None."""
-        matches = {a.dest for a in self._actions for o in a.option_strings
-                   if o == text or o.startswith(text) and not text.startswith("--no_")}
-        exact = [a.dest for a in self._actions if text in a.option_strings]
-        return exact[0] if exact else matches.pop() if len(matches) == 1 else None
+        class OnceEach(argparse.Namespace):
+            """argparse sets each option it meets on its namespace: one set twice was given
+            twice (also as an abbreviation, or in its --no_ form)."""
+            def __setattr__(self, name, value):
+                if name in vars(self):
+                    parser.error(f"--{name} is given twice ({getattr(self, name)!r}, then "
+                                 f"{value!r}): give it once")
+                super().__setattr__(name, value)
+        return vars(self.parse_args(argv, namespace=OnceEach()))
 
 
 def check_sources(asked):
