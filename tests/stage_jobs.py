@@ -546,8 +546,8 @@ def resumable(case: Case) -> dict:
     the Trainer evaluates before it saves when both fall on one step (with eval_strategy
     "epoch" it saves first, and a run resumed from there never evaluates that epoch)."""
     steps_per_epoch = 64 // (16 * case.world_size)
-    if case.world_size == 1:  # 1,920 steps: a minute or more, longer than the time limit's
-        epochs, every = 480, 125  # warning takes to come (at most 50 s)
+    if case.world_size == 1:  # 2,400 steps: over a minute, longer than the time limit's
+        epochs, every = 600, 125  # warning takes to come (at most 50 s)
     else:  # two ranks over gloo: 200 steps, 10 s or more, the first checkpoint after 1 s or more
         epochs, every = 100, 20
     return dict(train_samples=64, num_train_epochs=epochs, save_strategy="steps",
