@@ -61,10 +61,6 @@ class Lab:
     def conf(self) -> Path:
         return self.dir / "etc" / "slurm.conf"
 
-    @property
-    def nodes(self) -> list[str]:
-        return ["localhost"] if self.mode == "1" else ["n1", "n2"]
-
     def env(self, extra: dict | None = None) -> dict:
         """os.environ for slurm client commands: this cluster's SLURM_CONF, and no
         SBATCH_*/SLURM_* variables inherited from the caller (they would silently override a job

@@ -32,19 +32,18 @@ from pathlib import Path
 import pytest
 
 import slurm_cluster as sc
-from conftest import ROOT, tiny_args
+from conftest import ROOT, STAGES, tiny_args
 
 
 # What a 2-core CPU machine cannot give the jobs' #SBATCH lines (the local cluster advertises
 # 16 CPUs and 128 GiB per node, so the multi-GPU stages' --cpus-per-task=32 would be refused).
 CPU_MACHINE = ["--mem=2G", "--cpus-per-task=1"]
-JOB_TIMEOUT = 420          # s; a fresh machine first compiles DeepSpeed's shm op (~40-90 s)
+JOB_TIMEOUT = 420          # s; a job here takes seconds to a few minutes (its ops built by make setup)
 LEFTOVER_GRACE = 10        # s for a job's processes to be gone after it has ended
 # variables the jobs read: none may leak in from the caller's shell
 JOB_KNOBS = ("DS_CONFIG", "GPUS", "OUTPUT_DIR", "MASTER_PORT", "MASTER_ADDR", "RUN_NAME",
              "HOSTFILE", "SBATCH_EXPORT", "COLLECTIVE_TIMEOUT", "PREPARED", "JOB_STARTED_AT",
              "CONDA_DEFAULT_ENV")
-STAGE_FOLDERS = ("baseline", "deepspeed-single-gpu", "deepspeed-multi-gpu", "deepspeed-multi-node")
 
 
 def cpu_args(tiny, **overrides):
@@ -197,7 +196,7 @@ def jobs(request):
     """Registry of the jobs run here; at the end: cancel any still active, remove their files
     (only theirs) and the runs/ folders that these tests created and left empty."""
     ran = Jobs(request.module.LAB)
-    had_runs = {stage: (ROOT / stage / "runs").exists() for stage in STAGE_FOLDERS}
+    had_runs = {stage: (ROOT / stage / "runs").exists() for stage in STAGES}
     yield ran
     for job in ran:
         cancel_if_active(job)

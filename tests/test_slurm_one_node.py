@@ -20,9 +20,9 @@ from pathlib import Path
 import pytest
 
 import slurm_cluster as sc
-from conftest import ROOT, tiny_args
+from conftest import ROOT, STAGES, tiny_args
 from stage_jobs import (BASELINE, BASELINE_FROM_ROOT, CPU_MACHINE, JOB_TIMEOUT, MULTI_GPU_2_ZERO2,
-                        SINGLE_GPU_ZERO3, STAGE_FOLDERS, assert_checkpoints_whole,
+                        SINGLE_GPU_ZERO3, assert_checkpoints_whole,
                         assert_nothing_left, check_cancelled, check_completes, check_fails,
                         cpu_args, environ, hosts_of, lift_requeue_hold, master_port, metrics_of,
                         ports_held, resumable, running, wait, wait_for_output,
@@ -116,7 +116,7 @@ def test_jobs_share_their_lines_and_mark_what_depends_on_the_site():
                 and not line.startswith(("# Stage 1", "start_job", "launch python train.py",
                                          "#SBATCH --gres", "#SBATCH --cpus", "#SBATCH --mem",
                                          "#SBATCH --nodes", "#SBATCH --ntasks"))]
-    for stage in STAGE_FOLDERS:
+    for stage in STAGES:
         job = (ROOT / stage / f"{stage}.slurm").read_text().splitlines()
         assert len(job) <= 60, f"{stage}.slurm: {len(job)} lines"
         assert 'cd "$(dirname "$SCRIPT")" && source ../workshop/job.sh' in job
@@ -143,7 +143,7 @@ def test_jobs_share_their_lines_and_mark_what_depends_on_the_site():
         assert not re.search(r"^#SBATCH --(partition|account)", text, re.M)  # on the command line
     node = (ROOT / "deepspeed-multi-node" / "run_node.sh").read_text()
     assert "source ../workshop/job.sh" in node and "nvidia-smi --query-gpu" in node
-    for line in [*helper, *(line for stage in STAGE_FOLDERS for line in job_lines(stage))]:
+    for line in [*helper, *(line for stage in STAGES for line in job_lines(stage))]:
         if re.match(r"#SBATCH --(gres|cpus-per-task|mem|requeue|nodes=[2-9])", line) or line.startswith(
                 ("export COMPILE_CACHE", "COLLECTIVE_TIMEOUT=", "MAX_RESTARTS=", "# CLUSTER")):
             assert "CLUSTER" in line, line

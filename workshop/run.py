@@ -86,9 +86,10 @@ def load_op(name):
     try:
         return builder.load(verbose=False)
     except Exception as e:  # the compiler's own lines are above; its cause, in one line:
+        # TMPDIR as the compiler reads it (tempfile.gettempdir() passes over a full one)
         places = {folder, Path(os.environ.get("TMPDIR", "/tmp"))}
-        full = [f"{p} has {shutil.disk_usage(p).free // 2**20} MiB free" for p in places
-                if p.exists() and shutil.disk_usage(p).free < 200 * 2**20]
+        free = {p: shutil.disk_usage(p).free for p in places if p.exists()}
+        full = [f"{p} has {n // 2**20} MiB free" for p, n in free.items() if n < 200 * 2**20]
         cause = (f"{'; '.join(full)}: No space left on device" if full else
                  (str(e).strip().splitlines() or [type(e).__name__])[-1][:200])
         raise OSError(f"building DeepSpeed's op {builder.NAME} failed (free space or point TMPDIR "
