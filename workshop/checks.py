@@ -92,8 +92,17 @@ def check_sources(asked):
 def check_output_dir(asked):
     """The output folder: a folder, never a folder the run reads from, nor a stage's."""
     out = Path(asked.output_dir).expanduser()
+    if out.is_symlink() and not out.exists():
+        raise ValueError(f"--output_dir {asked.output_dir} is a link to {os.readlink(out)}, which does "
+                         f"not exist: create that folder (mkdir -p), or give another --output_dir")
     if out.exists() and not out.is_dir():
         raise ValueError(f"--output_dir {asked.output_dir} is a file: give a folder")
+    made = next(p for p in (out.absolute(), *out.absolute().parents) if p.exists())  # or will be
+    if not made.is_dir():
+        raise ValueError(f"--output_dir {asked.output_dir} cannot be made: {made} is a file")
+    if not os.access(made, os.W_OK | os.X_OK):
+        raise ValueError(f"--output_dir {asked.output_dir}: {made} is not writable by this user: "
+                         f"give a folder of your own (project or scratch storage)")
     if (out / "train.py").is_file():
         raise ValueError(f"--output_dir {asked.output_dir} is a stage folder (it holds train.py): "
                          f"give a folder of its own, e.g. runs/my-run")
@@ -166,6 +175,10 @@ def check_deepspeed_config(training_args):
     try:
         DeepSpeedConfig(resolved)
     except (AssertionError, ValueError, TypeError, KeyError) as e:
-        reason = " ".join(str(e).split())[:300] or type(e).__name__
-        raise ValueError(f"DeepSpeed config {path}: DeepSpeed refuses it ({reason}); compare "
-                         f"it with the stage's ds_zero*.json") from None
+        raise ValueError(deepspeed_refusal(path, " ".join(str(e).split())[:300] or type(e).__name__)) from None
+
+
+def deepspeed_refusal(path, reason):
+    """DeepSpeed's refusal of the config at `path`, as the run's one line: here for what its
+    config class checks, and (workshop/run.py) for what it asserts once the model is built."""
+    return f"DeepSpeed config {path}: DeepSpeed refuses it ({reason}); compare it with the stage's ds_zero*.json"
