@@ -11,9 +11,7 @@ import torch
 import torch.distributed as dist
 from transformers import TrainerCallback
 
-from workshop.metrics import TIME_PARTS
-
-SAVE_AND_STOP_FILE = "save-and-stop"  # the .slurm jobs create it on SLURM's time-limit warning
+from workshop.metrics import SAVE_AND_STOP_FILE, TIME_PARTS
 
 
 def is_distributed():

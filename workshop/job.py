@@ -16,7 +16,7 @@ from pathlib import Path
 import psutil
 
 from workshop.host_memory import is_rank
-from workshop.metrics import METRICS_FILE, checkpoints, read_json
+from workshop.metrics import METRICS_FILE, newest_checkpoint, read_json
 
 # Lines that name what a failure came down to (a full disk while compiling DeepSpeed's ops):
 # clearer than the error above them, which may be a compiler command of hundreds of characters.
@@ -72,13 +72,6 @@ def training(output_dir):
         except psutil.Error:
             continue
     sys.exit(1)
-
-
-def newest_checkpoint(output_dir):
-    """The newest checkpoint that train.py resumes from (trainer_state.json, written last,
-    makes it complete), or None."""
-    complete = [f for f in checkpoints(output_dir) if (f / "trainer_state.json").is_file()]
-    return complete[-1] if complete else None
 
 
 def checkpoint(output_dir):
