@@ -1,10 +1,11 @@
 # The plumbing every stage's job shares, sourced by the .slurm file from its stage folder (and
-# by run_node.sh on each node): where the log goes, signals, memory logging, requeueing, the
-# reason of a failure as the log's last line. The .slurm files keep what each stage teaches.
+# by run_node.sh on each node) where the workshop package is installed (python -m workshop.job
+# path): where the log goes, signals, memory logging, requeueing, and the log's last lines: the
+# run's summary, or the reason it failed. The .slurm files keep what each stage teaches.
 [ -f train.py ] || { echo "error: no train.py in $PWD: submit the job from the repository (sbatch baseline/baseline.slurm)" >&2; exit 1; }
 HOST=$(hostname -s)
 MAX_RESTARTS=${MAX_RESTARTS:-3}  # CLUSTER: requeues after a lost node or rank, each resuming from the last checkpoint
-LOGGERS=() TRAIN_PID= STATUS= ENDING= PREEMPTED= JOB_SHELL=
+LOGGERS=() TRAIN_PID= STATUS= ENDING= PREEMPTED= JOB_SHELL= REQUEUED= TERMINATED=
 # Background loggers end with the job, however it ends (success, failure, scancel, Ctrl-C).
 trap '[ ${#LOGGERS[@]} -eq 0 ] || kill "${LOGGERS[@]}" 2>/dev/null || true' EXIT
 
@@ -102,6 +103,7 @@ save_and_stop() { echo "$1: saving a checkpoint and stopping"; mkdir -p "$OUTPUT
 # its metrics on SIGTERM: wait for it, at most a minute, passing SIGTERM on if it reached this
 # shell only. Once the job is ending on purpose (ENDING), a SIGTERM just ends it with 75.
 on_term() {
+  [ -z "$REQUEUED" ] || { TERMINATED=1; return 0; }  # SLURM ends the attempt it requeued: see requeue
   [ -z "$ENDING" ] || exit 75
   if [ "$1" = TERM ] && [ -n "$JOB_SHELL" ] && [ -n "$TRAIN_PID" ] && [ -z "$PREEMPTED" ] && job_still_running; then
     PREEMPTED=1
@@ -116,11 +118,14 @@ on_term() {
     return 0  # (a bare return in a trap gives the interrupted wait's status: set -e would exit)
   fi
   trap '' TERM INT
+  [ -z "$JOB_SHELL" ] || ! job_state TIMEOUT || echo "job $SLURM_JOB_ID reached its time limit without a \
+warning signal to save first (#SBATCH --signal=B:USR1@300): train.py stops after its current step and writes its metrics"
   for i in $(seq 300); do
     training_runs || break
     [ "$i" != 15 ] || stop_training
     sleep 0.2
   done
+  [ -z "$JOB_SHELL" ] || summary
   exit 143
 }
 # training_runs: the launcher, or (the job's own shell) a rank of this run it left behind
@@ -130,9 +135,8 @@ training_runs() {
 }
 trap 'on_term TERM' TERM
 trap 'on_term INT' INT
-job_still_running() {
-  [ -z "${SLURM_JOB_ID:-}" ] || scontrol show job "$SLURM_JOB_ID" 2>/dev/null | grep -q 'JobState=RUNNING'
-}
+job_still_running() { [ -z "${SLURM_JOB_ID:-}" ] || job_state RUNNING; }
+job_state() { [ -n "${SLURM_JOB_ID:-}" ] && scontrol show job "$SLURM_JOB_ID" 2>/dev/null | grep -q "JobState=$1 "; }
 grace_seconds() {
   [ -n "${SLURM_JOB_ID:-}" ] || return 0
   local kill_wait grace_time
@@ -172,14 +176,15 @@ wait_for_training() {
 # that timed out, a peer gone, a node's task killed) the job requeues itself first, at most
 # MAX_RESTARTS times.
 end_job() {
-  [ "$STATUS" -ne 0 ] || exit 0
+  [ "$STATUS" -ne 0 ] || { summary; exit 0; }
   if [ "$STATUS" -eq 75 ] || [ -n "$PREEMPTED" ]; then
     requeue
     exit 75
   fi
   [ -n "${SLURM_JOB_ID:-}" ] || sleep 0.5  # tee writes the log a moment later
   local reason restarts
-  reason=$(python -m workshop.job reason "$OUT" "$OUT_START" "$JOB_STARTED_AT" "$OUTPUT_DIR" "$STATUS")
+  reason=$(python -m workshop.job reason "$OUT" "$OUT_START" "$JOB_STARTED_AT" "$OUTPUT_DIR" "$STATUS" \
+    "$LOG/$RUN_NAME-host-memory-*.csv")
   if [ -n "${SLURM_JOB_ID:-}" ] && [[ $reason =~ "collective operation timed out"|"closed by peer"|"reset by peer"|"was killed (srun" ]]; then
     restarts=$(grep -c "^requeueing job $SLURM_JOB_ID after a failure" "$OUT" || true)
     if [ "$restarts" -lt "$MAX_RESTARTS" ]; then
@@ -193,13 +198,26 @@ end_job() {
   exit 1
 }
 say_last() { [ "$(tail -n 1 "$OUT")" = "$1" ] || echo "$1"; }
+# summary: the run's summary again where other lines came after it (launchers, a progress bar)
+summary() {
+  [ -n "${SLURM_JOB_ID:-}" ] || sleep 0.5  # tee writes the log a moment later
+  python -m workshop.job summary "$OUT" "$OUT_START" "$JOB_STARTED_AT" "$OUTPUT_DIR" || true
+}
 # requeue [WHY]: requeue this job (it ends here); without SLURM, say how to resume
 requeue() {
   if [ -z "${SLURM_JOB_ID:-}" ]; then
     echo "stopped with a checkpoint: OUTPUT_DIR=$OUTPUT_DIR bash $SCRIPT [the same options] resumes it"
     return
   fi
-  echo "requeueing job $SLURM_JOB_ID${1:+ $1}: it resumes from the newest checkpoint in $OUTPUT_DIR"
-  ENDING=1; scontrol requeue "$SLURM_JOB_ID" && exit 75
-  ENDING=; echo "error: this job cannot be requeued here: OUTPUT_DIR=$OUTPUT_DIR sbatch $SCRIPT resumes it"
+  echo "requeueing job $SLURM_JOB_ID${1:+ $1}: $(python -m workshop.job resumes "$OUTPUT_DIR")"
+  REQUEUED=1
+  if scontrol requeue "$SLURM_JOB_ID"; then  # SLURM ends this attempt (SIGTERM, a "CANCELLED" line)
+    for i in $(seq 30); do [ -z "$TERMINATED" ] || break; sleep 0.1; done
+    local begin
+    begin=$(scontrol show job "$SLURM_JOB_ID" 2>/dev/null | grep -o 'EligibleTime=[^ ]*' | cut -d= -f2)
+    echo "job $SLURM_JOB_ID is requeued, not cancelled: SLURM holds it ${begin:+until ${begin#*T} }(its BeginTime, \
+about 2 minutes) before it can start again, then its next attempt goes on in this log"
+    exit 75
+  fi
+  REQUEUED=; echo "error: this job cannot be requeued here: OUTPUT_DIR=$OUTPUT_DIR sbatch $SCRIPT resumes it"
 }
