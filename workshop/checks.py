@@ -150,6 +150,14 @@ def check_values(asked, deepspeed):
     if asked.compile_blocks and (refusal := compile_blocks_refusal(
             deepspeed.stage, asked.gradient_accumulation_steps)):
         raise ValueError(refusal)
+    if deepspeed.offload("param") and deepspeed.stage != 3:  # DeepSpeed would ignore it
+        raise ValueError(f"DeepSpeed config {deepspeed.path}: offload_param is ZeRO-3's; at stage "
+                         f"{deepspeed.stage} DeepSpeed ignores it: set stage 3 (as ds_zero3_offload.json "
+                         f"does) or remove offload_param")
+    if deepspeed.offload("optimizer") and deepspeed.stage == 0:
+        raise ValueError(f"DeepSpeed config {deepspeed.path}: offload_optimizer needs ZeRO (stage 1, 2 "
+                         f"or 3); at stage 0 DeepSpeed ignores it: set a stage (as "
+                         f"ds_zero2_offload.json does) or remove offload_optimizer")
     if deepspeed.path and "LOCAL_RANK" not in os.environ:
         raise ValueError(f"--deepspeed {asked.deepspeed} needs DeepSpeed's launcher, which starts "
                          f"one process per GPU: deepspeed --num_gpus 1 train.py [options] (or "

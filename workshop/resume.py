@@ -72,7 +72,13 @@ def check_checkpoint(folder, model_config, settings):
     state = read_json(folder / "trainer_state.json")
     if not isinstance(state, dict):
         raise ValueError(f"{folder / 'trainer_state.json'} is damaged (cut short?): {what_to_do}")
-    unknown = sorted(set(state) - {f.name for f in fields(TrainerState)})
+    known = {f.name: f.default for f in fields(TrainerState)}
+    unknown = sorted(set(state) - set(known))
+    wrong = [f"{k} is {json.dumps(v)[:40]}" for k, v in state.items() if k in known and (
+        k == "log_history" and not (isinstance(v, list) and all(isinstance(e, dict) for e in v))
+        or type(known[k]) in (int, float) and (isinstance(v, bool) or not isinstance(v, (int, float))))]
+    if wrong:
+        raise ValueError(f"{folder / 'trainer_state.json'} is damaged ({'; '.join(wrong)}): {what_to_do}")
     if unknown:
         wrote = (read_json(folder / "config.json") or {}).get("transformers_version", "another version")
         raise ValueError(f"{folder / 'trainer_state.json'} has fields this transformers "

@@ -206,6 +206,10 @@ def one_line(error):
     return f"{type(error).__name__}: {text}" if not isinstance(error, (ValueError, OSError)) else text
 
 
+# What DeepSpeed raises, as it sets up the model and the engine, on a config it cannot run
+CONFIG_ERRORS = (AssertionError, TypeError, ValueError, KeyError, AttributeError, NotImplementedError)
+
+
 def causes(error):
     """An exception and those it came from (raise ... from, or raised while handling)."""
     while error is not None:
@@ -266,7 +270,7 @@ class Run(TrainerCallback):
         self.args = self.training_args = self.deepspeed = self.settings = None
         self.checkpoints = self.model = self.state = self.data = self.answers_after = None
         self.lock = self.handlers = self.environment = self.checkpoints_before = None
-        self.made_output_dir = self.saving_model = False
+        self.made_output_dir = self.saving_model = self.refused = False
         self.validation_in_train = None
 
     # -- the context -------------------------------------------------------------------------
@@ -293,7 +297,7 @@ class Run(TrainerCallback):
             self.status, self.error, code = "interrupted", f"stopped by signal {error.code - 128}", error.code
         else:
             self.error, code = self._reason(kind, error, tb), 1
-        if self.model is not None:
+        if self.model is not None and not self.refused:
             try:
                 self.write()
             except Exception as e:  # after a failure, its reason is what matters
@@ -311,9 +315,12 @@ class Run(TrainerCallback):
         if disk_full(error):
             return self._disk_full(error)
         deepspeed_frames = [f for f in traceback.extract_tb(tb) if f"{os.sep}deepspeed{os.sep}" in f.filename]
-        if isinstance(error, AssertionError) and deepspeed_frames and self.clock.first_step_at is None:
-            where = deepspeed_frames[-1]
+        if isinstance(error, CONFIG_ERRORS) and deepspeed_frames and self.clock.first_step_at is None:
+            where = deepspeed_frames[-1]  # DeepSpeed checks its config by assertions as it starts
             said = " ".join(str(error).split()) or f"assert {where.line}"
+            if not isinstance(error, AssertionError):
+                said = f"{type(error).__name__}: {said}"
+            self.refused = True  # as its config class's refusals are: nothing written
             return deepspeed_refusal(self.training_args.deepspeed,
                                      f"{said[:300]}; {where.filename.split(f'{os.sep}site-packages{os.sep}')[-1]}"
                                      f":{where.lineno}")
@@ -448,6 +455,17 @@ class Run(TrainerCallback):
                   f"optimizer steps: the train loss is also logged at every epoch's end")
         if args.process_index == 0:  # what a resumed run is checked against
             (Path(args.output_dir) / SETTINGS_FILE).write_text(json.dumps(self.settings, indent=2) + "\n")
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        """A loss or gradient norm that is not a number: every step after it is wasted. (fp16's
+        loss scaling skips steps whose gradients overflow: their norm is no sign.)"""
+        watched = ("loss", "eval_loss") + (() if args.fp16 else ("grad_norm",))
+        for name, value in ((k, (logs or {}).get(k)) for k in watched):
+            if isinstance(value, (int, float)) and not math.isfinite(value):
+                raise ValueError(f"the {name.replace('_', ' ')} became {value} at step "
+                                 f"{state.global_step}: the run diverged; lower --learning_rate "
+                                 f"({args.learning_rate:g} now)"
+                                 f"{', or train in bf16 rather than fp16' if args.fp16 else ''}")
 
     def on_epoch_end(self, args, state, control, **kwargs):
         control.should_log = True  # each epoch's own train loss, whatever --logging_steps
