@@ -5,7 +5,7 @@
 [ -f train.py ] || { echo "error: no train.py in $PWD: submit the job from the repository (sbatch baseline/baseline.slurm)" >&2; exit 1; }
 HOST=$(hostname -s)
 MAX_RESTARTS=${MAX_RESTARTS:-3}  # CLUSTER: requeues after a lost node or rank, each resuming from the last checkpoint
-LOGGERS=() TRAIN_PID= STATUS= ENDING= PREEMPTED= JOB_SHELL= REQUEUED= TERMINATED=
+LOGGERS=() TRAIN_PID= STATUS= ENDING= PREEMPTED= JOB_SHELL= REQUEUED=
 # Background loggers end with the job, however it ends (success, failure, scancel, Ctrl-C).
 trap '[ ${#LOGGERS[@]} -eq 0 ] || kill "${LOGGERS[@]}" 2>/dev/null || true' EXIT
 
@@ -103,7 +103,7 @@ save_and_stop() { echo "$1: saving a checkpoint and stopping"; mkdir -p "$OUTPUT
 # its metrics on SIGTERM: wait for it, at most a minute, passing SIGTERM on if it reached this
 # shell only. Once the job is ending on purpose (ENDING), a SIGTERM just ends it with 75.
 on_term() {
-  [ -z "$REQUEUED" ] || { TERMINATED=1; return 0; }  # SLURM ends the attempt it requeued: see requeue
+  [ -z "$REQUEUED" ] || return 0  # SLURM ends the attempt it requeued: the job says so (requeue)
   [ -z "$ENDING" ] || exit 75
   if [ "$1" = TERM ] && [ -n "$JOB_SHELL" ] && [ -n "$TRAIN_PID" ] && [ -z "$PREEMPTED" ] && job_still_running; then
     PREEMPTED=1
@@ -118,7 +118,7 @@ on_term() {
     return 0  # (a bare return in a trap gives the interrupted wait's status: set -e would exit)
   fi
   trap '' TERM INT
-  [ -z "$JOB_SHELL" ] || ! job_state TIMEOUT || echo "job $SLURM_JOB_ID reached its time limit without a \
+  [ -z "$JOB_SHELL" ] || ! job_is 'Reason=TimeLimit' || echo "job $SLURM_JOB_ID reached its time limit without a \
 warning signal to save first (#SBATCH --signal=B:USR1@300): train.py stops after its current step and writes its metrics"
   for i in $(seq 300); do
     training_runs || break
@@ -135,8 +135,8 @@ training_runs() {
 }
 trap 'on_term TERM' TERM
 trap 'on_term INT' INT
-job_still_running() { [ -z "${SLURM_JOB_ID:-}" ] || job_state RUNNING; }
-job_state() { [ -n "${SLURM_JOB_ID:-}" ] && scontrol show job "$SLURM_JOB_ID" 2>/dev/null | grep -q "JobState=$1 "; }
+job_still_running() { [ -z "${SLURM_JOB_ID:-}" ] || job_is 'JobState=RUNNING '; }
+job_is() { [ -n "${SLURM_JOB_ID:-}" ] && scontrol show job "$SLURM_JOB_ID" 2>/dev/null | grep -q "$1"; }
 grace_seconds() {
   [ -n "${SLURM_JOB_ID:-}" ] || return 0
   local kill_wait grace_time
@@ -211,12 +211,10 @@ requeue() {
   fi
   echo "requeueing job $SLURM_JOB_ID${1:+ $1}: $(python -m workshop.job resumes "$OUTPUT_DIR")"
   REQUEUED=1
-  if scontrol requeue "$SLURM_JOB_ID"; then  # SLURM ends this attempt (SIGTERM, a "CANCELLED" line)
-    for i in $(seq 30); do [ -z "$TERMINATED" ] || break; sleep 0.1; done
-    local begin
-    begin=$(scontrol show job "$SLURM_JOB_ID" 2>/dev/null | grep -o 'EligibleTime=[^ ]*' | cut -d= -f2)
-    echo "job $SLURM_JOB_ID is requeued, not cancelled: SLURM holds it ${begin:+until ${begin#*T} }(its BeginTime, \
-about 2 minutes) before it can start again, then its next attempt goes on in this log"
+  if scontrol requeue "$SLURM_JOB_ID"; then  # done once this attempt ends; SLURM then holds it
+    echo "job $SLURM_JOB_ID is requeued, not cancelled (whatever a CANCELLED line of SLURM's above says): SLURM \
+holds it about 2 minutes (its BeginTime, about $(date -d '+2 min' +%H:%M:%S)) before it can start again; its next \
+attempt goes on in this log"
     exit 75
   fi
   REQUEUED=; echo "error: this job cannot be requeued here: OUTPUT_DIR=$OUTPUT_DIR sbatch $SCRIPT resumes it"
