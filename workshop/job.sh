@@ -37,7 +37,7 @@ start_job() {
     echo "attempt $((SLURM_RESTART_COUNT + 1)) of job $SLURM_JOB_ID (requeued $SLURM_RESTART_COUNT time(s))"
     python -m workshop.job lost "$OUTPUT_DIR"
   fi
-  rm -f "$OUTPUT_DIR/save-and-stop"
+  rm -f "$OUTPUT_DIR/save-and-stop" "$OUTPUT_DIR/stop-without-saving"
   trap 'save_and_stop "warning signal"' USR1
 }
 
@@ -100,8 +100,9 @@ save_and_stop() { echo "$1: saving a checkpoint and stopping"; mkdir -p "$OUTPUT
 # with a grace time, `scancel --batch --signal=TERM`, or `kill` without SLURM): save if the
 # last checkpoint took less than the grace SLURM gives (GraceTime + KillWait; unknown: try),
 # then requeue. Otherwise (scancel, the time limit, Ctrl-C, or on a node) the training writes
-# its metrics on SIGTERM: wait for it, at most a minute, passing SIGTERM on if it reached this
-# shell only. Once the job is ending on purpose (ENDING), a SIGTERM just ends it with 75.
+# its metrics on SIGTERM, told by a file not to wait for a preemption's word (SLURM kills what
+# still runs KillWait seconds later): wait for it, at most a minute, passing SIGTERM on if it
+# reached this shell only. Once the job is ending on purpose (ENDING), a SIGTERM just ends it with 75.
 on_term() {
   [ -z "$REQUEUED" ] || return 0  # SLURM ends the attempt it requeued: the job says so (requeue)
   [ -z "$ENDING" ] || exit 75
@@ -111,6 +112,7 @@ on_term() {
     grace=$(grace_seconds) checkpoint=($(python -m workshop.job checkpoint "$OUTPUT_DIR" || true))
     if [ -n "$grace" ] && [ "${checkpoint[1]:-0}" -ge "$grace" ]; then
       echo "preemption notice: no time to save (a checkpoint takes ${checkpoint[1]} s, SLURM gives $grace s): stopping"
+      touch "$OUTPUT_DIR/stop-without-saving" 2>/dev/null || true
       stop_training
     else
       save_and_stop "preemption notice${grace:+ ($grace s to go)}"
@@ -118,6 +120,7 @@ on_term() {
     return 0  # (a bare return in a trap gives the interrupted wait's status: set -e would exit)
   fi
   trap '' TERM INT
+  [ -z "$JOB_SHELL" ] || touch "$OUTPUT_DIR/stop-without-saving" 2>/dev/null || true  # train.py need not wait
   [ -z "$JOB_SHELL" ] || ! job_is 'Reason=TimeLimit' || echo "job $SLURM_JOB_ID reached its time limit without a \
 warning signal to save first (#SBATCH --signal=B:USR1@300): train.py stops after its current step and writes its metrics"
   for i in $(seq 300); do
@@ -125,7 +128,7 @@ warning signal to save first (#SBATCH --signal=B:USR1@300): train.py stops after
     [ "$i" != 15 ] || stop_training
     sleep 0.2
   done
-  [ -z "$JOB_SHELL" ] || summary
+  [ -z "$JOB_SHELL" ] || { rm -f "$OUTPUT_DIR/stop-without-saving"; summary; }
   exit 143
 }
 # training_runs: the launcher, or (the job's own shell) a rank of this run it left behind
