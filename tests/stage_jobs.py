@@ -542,6 +542,10 @@ def check_cancelled(case: Case, tiny: Path, jobs: list):
     assert metrics is not None, job.tail()
     assert metrics["status"] == "interrupted" and metrics["error"] == "stopped by signal 15", metrics
     assert metrics["global_step"] >= 1 and metrics["stopped_on_request_at_step"] is None
+    # within SLURM's KillWait, the job's last line is the summary's: how it stopped, what next
+    assert job.last_line() == (f"interrupted by SIGTERM after step {metrics['global_step']} of "
+                               f"{metrics['max_steps']}: no checkpoint was saved: run again with "
+                               f"--output_dir {job.run_dir} to start afresh"), job.tail()
 
 
 def resumable(case: Case) -> dict:
