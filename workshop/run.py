@@ -161,9 +161,10 @@ def check_free_space(args, training_args, deepspeed, settings):
         return
     # bytes per parameter of the saved weights: fp32, but 16-bit where DeepSpeed's engine holds
     # the model in fp16/bf16; a checkpoint adds AdamW's two fp32 moments and, under DeepSpeed,
-    # its fp32 master copy and its engine's own copy of the weights
+    # its fp32 master copy and (below ZeRO-3, which partitions them) its engine's copy of the weights
     weights = 2 if deepspeed.stage is not None and settings["precision"] != "fp32" else 4
-    checkpoint = params * ((weights + 8) if deepspeed.stage is None else (2 * weights + 12))
+    checkpoint = params * (weights + 8 if deepspeed.stage is None else
+                           weights + 12 + (weights if deepspeed.stage < 3 else 0))
     model = params * weights if args.save_model else 0
     strategy = str(getattr(training_args.save_strategy, "value", training_args.save_strategy))
     steps = training_args.max_steps if training_args.max_steps > 0 else math.ceil(
