@@ -145,9 +145,10 @@ def take_lock(output_dir):
             return lock
         except FileExistsError:
             holder = read_json(lock) or {}
-        except OSError:  # made but not written (a full disk): not a lock to leave behind
+        except OSError as e:  # made but not written (a full disk): not a lock to leave behind
             lock.unlink(missing_ok=True)
-            raise
+            raise ValueError(f"--output_dir {output_dir}: {LOCK_FILE} cannot be written there "
+                             f"({e.strerror}): free space there, or give another --output_dir") from None
         alive = holder.get("host") == me["host"] and _alive(holder.get("pid"))
         requeued = me["job"] is not None and holder.get("job") == me["job"]
         if alive and not requeued or holder.get("host") not in (None, me["host"]) and not requeued:

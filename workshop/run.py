@@ -313,8 +313,8 @@ class Run(TrainerCallback):
         """Why the run failed, in one line: a refusal's own words; a full disk, naming the folder
         and what was kept; an assertion of DeepSpeed's before the first step as its config's
         refusal; any other fault after its traceback."""
-        if disk_full(error):
-            return self._disk_full(error)
+        if disk_full(error) and (self.saving_model or self.clock.first_step_at is not None):
+            return self._disk_full(error)  # (before training: a refusal or load_op's own line)
         deepspeed_frames = [f for f in traceback.extract_tb(tb) if f"{os.sep}deepspeed{os.sep}" in f.filename]
         if isinstance(error, CONFIG_ERRORS) and deepspeed_frames and self.clock.first_step_at is None:
             where = deepspeed_frames[-1]  # DeepSpeed checks its config by assertions as it starts
@@ -333,18 +333,18 @@ class Run(TrainerCallback):
     def _disk_full(self, error):
         """A full disk: the half-written checkpoint this run was saving goes (the final save's
         files go with Run.timing), the complete ones stay; said with the folder and its space."""
-        output_dir = Path(self.training_args.output_dir) if self.training_args else None
+        output_dir = Path(self.training_args.output_dir)
         filename = next((getattr(e, "filename", None) for e in causes(error) if getattr(e, "filename", None)), None)
-        folder = output_dir if output_dir and (filename is None or output_dir.resolve() in
-                                               Path(filename).resolve().parents) else Path(filename).parent
-        if output_dir and self.training_args.process_index == 0 and self.checkpoints_before is not None:
+        folder = output_dir if filename is None or output_dir.resolve() in Path(filename).resolve().parents \
+            else Path(filename).parent
+        if self.training_args.process_index == 0 and self.checkpoints_before is not None:
             for cut in set(checkpoints(output_dir)) - self.checkpoints_before:
                 if not (cut / "trainer_state.json").is_file():
                     shutil.rmtree(cut, ignore_errors=True)
         place = next((p for p in (folder, *folder.parents) if p.exists()), Path("/"))
         said = (f"no space left on the disk of {folder}{' while saving the model' if self.saving_model else ''} "
                 f"({mib(shutil.disk_usage(place).free)} free now)")
-        if not (output_dir and folder == output_dir):
+        if folder != output_dir:
             return f"{said}: free space there, or point TMPDIR, COMPILE_CACHE or HF_HOME elsewhere"
         newest = newest_checkpoint(output_dir)
         kept = (f"its newest complete checkpoint, {newest.name}, is kept: run again into it to "
@@ -366,10 +366,10 @@ class Run(TrainerCallback):
     def _release(self):
         if self.lock:
             self.lock.unlink(missing_ok=True)
-            if self.made_output_dir:  # a run refused before it wrote anything leaves no folder
-                with contextlib.suppress(OSError):
-                    self.lock.parent.rmdir()
             self.lock = None
+        if self.made_output_dir:  # a run refused before it wrote anything leaves no folder
+            with contextlib.suppress(OSError):
+                Path(self.training_args.output_dir).rmdir()
 
     # -- what train.py tells it --------------------------------------------------------------
     def begin(self, args, training_args, deepspeed):
