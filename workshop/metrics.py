@@ -10,8 +10,6 @@ SETTINGS_FILE = "run_settings.json"  # what a resumed run must share with the ru
 TIME_PARTS = ("startup", "compiling", "training_steps", "evaluation", "checkpoint_saving",
               "answer_generation", "final_save", "other")
 WORK = ("training_steps", "evaluation", "answer_generation")  # the rest is the fixed cost
-# What tells one model's architecture from another's (a checkpoint's must match).
-ARCHITECTURE_KEYS = ("model_type", "vocab_size", "hidden_size", "n_layer", "n_head")
 # The exit statuses the jobs act on: 0 complete, 1 refused or failed (`error: ...` last),
 # 128 + signal when killed (143: SIGTERM), and:
 STOPPED_TO_RESUME = 75  # EX_TEMPFAIL, "try again": stopped on request with a checkpoint

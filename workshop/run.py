@@ -30,8 +30,8 @@ from transformers import AutoConfig, TrainerCallback
 
 from workshop.callbacks import (AnswerQualityBeforeTraining, Checkpoints, Clock, StepProfiler, gather,
                                 is_distributed)
-from workshop.metrics import (ARCHITECTURE_KEYS, METRICS_FILE, SCHEMA_VERSION, SETTINGS_FILE,
-                              STOPPED_TO_RESUME, TIME_PARTS)
+from workshop.metrics import METRICS_FILE, SCHEMA_VERSION, SETTINGS_FILE, STOPPED_TO_RESUME, TIME_PARTS
+from workshop.models import describe
 from workshop.resume import resume_point, run_settings, take_lock
 
 
@@ -126,7 +126,7 @@ def check_memory(args, training_args, deepspeed, settings, longest):
                        fast_path=args.fast_path, compile_blocks=bool(args.compile_blocks),
                        pad_to_max_length=args.pad_to_max_length, longest=longest,
                        length_multiple=args.length_multiple, save_model=args.save_model)
-    except (ValueError, OSError):  # a model the plan cannot read (not BLOOM): not checked
+    except (ValueError, OSError):  # a model the plan cannot read: not checked
         return
     if cuda:
         need, capacity = plan["gpu_mib"], torch.cuda.get_device_properties(training_args.device).total_memory / 2**20
@@ -331,7 +331,7 @@ class Run(TrainerCallback):
             stage=Path(sys.argv[0]).resolve().parent.name,
             model=args.model_name_or_path, random_weights=args.random_weights,
             parameters=sum(getattr(p, "ds_numel", p.numel()) for p in self.model.parameters()),
-            architecture={k: getattr(config, k, None) for k in ARCHITECTURE_KEYS},
+            architecture=describe(config),
             dataset=args.dataset_name_or_path,
             train_samples=args.train_samples, eval_samples=args.eval_samples,
             max_length=args.max_length, pad_to_max_length=args.pad_to_max_length,
