@@ -160,25 +160,34 @@ def chunked_causal_lm_loss(hidden_states, model, labels, num_items_in_batch=None
     return loss / num_items_in_batch
 
 
-def _forward_with_chunked_loss(model, stock_forward):
-    """A forward with the stock one's signature (which the Trainer and generate inspect): given
-    labels, its loss is chunked_causal_lm_loss and its logits None; else the stock forward."""
-    def forward(*args, labels=None, **kwargs):
-        if labels is None:  # generation, or logits asked for
-            return stock_forward(*args, **kwargs)
-        bound = inspect.signature(stock_forward).bind_partial(*args, **kwargs).arguments
-        inputs = {**bound.pop("kwargs", {}), **bound}
-        loss_kwargs = {k: inputs.pop(k, None) for k in ("num_items_in_batch", "shift_labels")}
-        return_dict = inputs.pop("return_dict", None)
-        inputs.pop("logits_to_keep", None)
-        hidden, outputs = body_hidden_states(model, **inputs)
-        loss = chunked_causal_lm_loss(hidden, model, labels, **loss_kwargs)
-        output = CausalLMOutputWithPast(loss=loss, past_key_values=outputs.get("past_key_values"),
-                                        hidden_states=outputs.get("hidden_states"),
-                                        attentions=outputs.get("attentions"))
-        return output if return_dict is not False else output.to_tuple()
-    forward.__signature__ = inspect.signature(stock_forward)
-    return forward
+_forwards = {}  # a model class -> its forward with the chunked loss
+
+
+def _forward_with_chunked_loss(cls):
+    """cls.forward with the same signature (which the Trainer and generate inspect): given
+    labels, its loss is chunked_causal_lm_loss and its logits None; else the stock forward.
+    A function per class, bound to each model as a method (a deep copy binds to the copy)."""
+    if cls not in _forwards:
+        stock = cls.forward
+
+        def forward(self, *args, labels=None, **kwargs):
+            if labels is None:  # generation, or logits asked for
+                return stock(self, *args, **kwargs)
+            inputs = inspect.signature(stock).bind_partial(self, *args, **kwargs).arguments
+            inputs = {**inputs.pop("kwargs", {}), **inputs}
+            del inputs["self"]
+            loss_kwargs = {k: inputs.pop(k, None) for k in ("num_items_in_batch", "shift_labels")}
+            return_dict = inputs.pop("return_dict", None)
+            inputs.pop("logits_to_keep", None)
+            hidden, outputs = body_hidden_states(self, **inputs)
+            loss = chunked_causal_lm_loss(hidden, self, labels, **loss_kwargs)
+            output = CausalLMOutputWithPast(loss=loss, past_key_values=outputs.get("past_key_values"),
+                                            hidden_states=outputs.get("hidden_states"),
+                                            attentions=outputs.get("attentions"))
+            return output if return_dict is not False else output.to_tuple()
+        forward.__signature__ = inspect.signature(stock)
+        _forwards[cls] = forward
+    return _forwards[cls]
 
 
 def use_chunked_loss(model, chunk_size=1024):
@@ -190,7 +199,7 @@ def use_chunked_loss(model, chunk_size=1024):
     """
     model.loss_chunk_size = chunk_size
     model.chunk_loss_sum = _recomputed_chunk_loss_sum
-    model.forward = _forward_with_chunked_loss(model, model.forward)
+    model.forward = types.MethodType(_forward_with_chunked_loss(type(model)), model)
     return model
 
 
