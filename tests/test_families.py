@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from conftest import ROOT, in_process, made_once, tiny_args
+from conftest import ROOT, in_process, made_once, run_stage, tiny_args
 from test_fast_path import random_batch, rel_err
 
 from workshop import memory_plan
@@ -123,6 +123,46 @@ def test_train_py_trains_each_family(family, family_runs):
     # what the run records rebuilds its model: the plan and the tables need no model folder
     rebuilt = memory_plan.architecture(metrics["architecture"])
     assert rebuilt.params == metrics["parameters"]
+
+
+DEEPSPEED_RUNS = {  # name: (stage whose train.py runs, ranks, family, DeepSpeed config)
+    "qwen2-zero2": ("deepspeed-single-gpu", 1, "qwen2", "ds_zero2.json"),
+    "llama-zero3-2ranks": ("deepspeed-multi-gpu", 2, "llama", "ds_zero3.json"),
+    "gemma2-zero3-offload-2ranks": ("deepspeed-multi-node", 2, "gemma2", "ds_zero3_offload.json"),
+}
+
+
+@pytest.fixture(scope="session")
+def family_deepspeed_runs(family_models, tiny, shared):
+    """name -> (run folder, completed process) of DEEPSPEED_RUNS, through the deepspeed launcher
+    (gloo on the CPU), 2 epochs of 32 rows, made once."""
+    made = {}
+    for name, (stage, ranks, family, config) in DEEPSPEED_RUNS.items():
+        out = shared / "family-deepspeed-runs" / name
+        log = out.with_name(f"{name}.json")
+        with made_once(out) as first:
+            if first:
+                proc = run_stage(stage, tiny, out, ranks, ["--deepspeed", config],
+                                 model_name_or_path=family_models[family])
+                log.write_text(json.dumps(dict(returncode=proc.returncode, stdout=proc.stdout,
+                                               stderr=proc.stderr)))
+        made[name] = out, json.loads(log.read_text())
+    return made
+
+
+@pytest.mark.parametrize("name", DEEPSPEED_RUNS)
+def test_the_deepspeed_stages_train_other_families(name, family_deepspeed_runs):
+    """Every DeepSpeed stage's train.py with another family: ZeRO-2, ZeRO-3 at two ranks (the
+    weights partitioned as the model is built), ZeRO-3 with offload."""
+    out, proc = family_deepspeed_runs[name]
+    assert proc["returncode"] == 0, proc["stdout"][-2000:] + proc["stderr"][-3000:]
+    metrics = json.loads((out / "run_metrics.json").read_text())
+    stage, ranks, family, config = DEEPSPEED_RUNS[name]
+    assert metrics["status"] == "complete" and metrics["world_size"] == ranks
+    assert metrics["zero_stage"] == int(config[7]) and metrics["stage"] == stage
+    assert metrics["parameters"] == sum(x.numel() for x in tiny_model(family).parameters())
+    losses = [e["eval_loss"] for e in metrics["epochs"]]
+    assert len(losses) == 2 and losses[1] < losses[0]
 
 
 def test_the_tables_read_other_families(family_runs):

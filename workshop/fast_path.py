@@ -70,12 +70,12 @@ def _sdpa_attention_forward(self, hidden_states, residual, alibi, attention_mask
 def use_sdpa_attention(model):
     """Attention through SDPA where the model's family has it (BLOOM: every BloomAttention
     replaced by _sdpa_attention_forward); returns a notice where it keeps its own, else None."""
-    if model.config.model_type == "bloom":
-        for module in model.modules():
-            if isinstance(module, BloomAttention):
-                if module.pretraining_tp > 1 and module.slow_but_exact:
-                    raise ValueError("the SDPA fast path does not do slow_but_exact tensor-parallel sums")
-                module.forward = types.MethodType(_sdpa_attention_forward, module)
+    bloom = [module for module in model.modules() if isinstance(module, BloomAttention)]
+    for module in bloom:
+        if module.pretraining_tp > 1 and module.slow_but_exact:
+            raise ValueError("the SDPA fast path does not do slow_but_exact tensor-parallel sums")
+        module.forward = types.MethodType(_sdpa_attention_forward, module)
+    if bloom:
         return None
     if model.config._attn_implementation == "sdpa":
         return None

@@ -65,6 +65,9 @@ NAMED = {
 }
 
 
+NAMES = [*BLOOM, *NAMED]
+
+
 @dataclass(frozen=True)
 class Arch:
     name: str
@@ -111,12 +114,11 @@ def named_config(name, **extra):
 
 
 def hub_id(name):
-    """The hub id of a named size, else the name itself."""
+    """The hub id of a named size, else the name itself (a folder, a hub id)."""
     key = str(name).lower()
-    return f"bigscience/{key}" if key in BLOOM else NAMED[key][0] if key in NAMED else str(name)
-
-
-NAMES = [*BLOOM, *NAMED]
+    if Path(name).expanduser().is_dir() or key not in NAMES:
+        return str(name)
+    return f"bigscience/{key}" if key in BLOOM else NAMED[key][0]
 
 
 def config_of(model):
@@ -177,10 +179,9 @@ def architecture(model):
     key = config.to_json_string()
     if key not in _BUILT:
         import torch
-        from transformers import AutoModelForCausalLM
         try:
             with torch.device("meta"):
-                built = AutoModelForCausalLM.from_config(config)
+                built = build(config)
         except (ValueError, KeyError, AttributeError, TypeError) as e:
             raise ValueError(f"{name} ({config.model_type}) is not a causal language model "
                              f"transformers can build ({type(e).__name__}: "
@@ -204,6 +205,16 @@ def architecture(model):
 ARCHITECTURE_KEYS = ("model_type", "vocab_size", "hidden_size", "num_hidden_layers",
                      "num_attention_heads", "num_key_value_heads", "intermediate_size", "head_dim")
 BLOOM_KEYS = ("model_type", "vocab_size", "hidden_size", "n_layer", "n_head")  # schema 2's
+
+
+def build(config, **kwargs):
+    """AutoModelForCausalLM.from_config, never partitioned: a run under ZeRO-3 (the Trainer's
+    DeepSpeed config) would have transformers build it inside zero.Init; a model counted or
+    replayed is built whole (transformers' own mark of a model already inside zero.Init)."""
+    from transformers import AutoModelForCausalLM
+    from transformers.modeling_utils import set_zero3_state
+    with set_zero3_state():
+        return AutoModelForCausalLM.from_config(config, **kwargs)
 
 
 def describe(config):

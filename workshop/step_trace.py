@@ -24,6 +24,8 @@ from dataclasses import dataclass
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from workshop.models import build
+
 
 class LiveBytes(TorchDispatchMode):
     """Bytes of the storages that ops create and that are still alive (not those in `known`);
@@ -72,7 +74,7 @@ def _traced(config_json, batch, length, weights, gradient_checkpointing, fast_pa
     import json
 
     from torch._subclasses.fake_tensor import FakeTensorMode
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoConfig
     from transformers import logging as hf_logging
 
     keys = json.loads(config_json)
@@ -82,8 +84,7 @@ def _traced(config_json, batch, length, weights, gradient_checkpointing, fast_pa
     hf_logging.set_verbosity_error()  # the checkpointing and attention notices: not for a plan
     try:
         with FakeTensorMode(allow_non_fake_inputs=True):
-            model = AutoModelForCausalLM.from_config(
-                config, dtype=torch.bfloat16 if weights == "16bit" else torch.float32)
+            model = build(config, dtype=torch.bfloat16 if weights == "16bit" else torch.float32)
             model.train()
             if gradient_checkpointing:  # as the Trainer enables it
                 model.activation_checkpointing_enable()
