@@ -124,7 +124,10 @@ def test_every_run_within_10_percent_and_fits_as_it_ran():
                     f"{f', {later} after step 1' if later else ''} | {p['gpu_mib']:,.0f} | {gpu:,.0f} | "
                     f"{error:+.1%} | {p['phase']} | {p['host_node_mib']:,.0f} | {host:,.0f} | "
                     f"{p['host_node_mib'] / host - 1:+.1%} | {fits_gpu} / {fits_host} | {run['ended']} |")
-        assert abs(error) <= 0.10, f"{run['name']}: predicted {p['gpu_mib']:.0f} MiB, measured {gpu:.0f}"
+        if "compiled: at most" in p["phase"]:  # another family's compiled blocks: an upper bound
+            assert 0 <= error <= 0.20, f"{run['name']}: predicted {p['gpu_mib']:.0f} MiB, measured {gpu:.0f}"
+        else:
+            assert abs(error) <= 0.10, f"{run['name']}: predicted {p['gpu_mib']:.0f} MiB, measured {gpu:.0f}"
         assert abs(p["host_node_mib"] / host - 1) <= 0.10, \
             f"{run['name']}: host per node {p['host_node_mib']:.0f} vs {host:.0f} MiB"
         if run["out_of_memory"] == "host":

@@ -7,8 +7,9 @@ weights): tools/plan.py prints it for every configuration, tools/tables.py besid
             fast_path=False, compile_blocks=False, pad_to_max_length=None, longest=None,
             later_longest=None, length_multiple=None, pin_memory=True, save_model=True,
             built_on_host=False) -> dict
-        model: anything workshop.models.architecture() takes (a BLOOM size, a folder with
-          config.json, a hub id, a config, a dict of config keys) or its result.
+        model: anything workshop.models.architecture() takes (a named size, a folder with
+          config.json, a hub id, a config, a dict of config keys) or its result: any causal LM
+          that transformers builds.
         zero_stage None = no DeepSpeed (the Trainer and torch.autocast, one GPU: DDP's buckets
           are not counted); 0-3 = DeepSpeed.
         pad_to_max_length None = the workshop's choice (pad, unless fast_path); longest = tokens
@@ -26,13 +27,23 @@ weights): tools/plan.py prints it for every configuration, tools/tables.py besid
         a run_metrics.json records (model: its architecture, where the run does not record it;
         settings: predict()'s keywords for what it does not record, e.g. later_longest).
     fits(mib, capacity_mib, gpu=True) -> "yes", "tight" or "no" (below).
-Each raises ValueError with a one-line reason for a model it cannot read or that is not BLOOM.
+Each raises ValueError with a one-line reason for a model it cannot read.
 
-The memory model (bytes; P parameters, b = 2 for fp16/bf16 or 4 for fp32, N GPUs, T = batch x
-sequence tokens per micro-batch, V x H the tied embedding / lm_head weight). Each term is
-counted from how the code allocates; tests/test_plan.py replays BLOOM's code on fake tensors to
-check the activation and loss terms, and compares every committed GPU run. The peak is the
-largest of five moments of a step:
+Any model but BLOOM: the model states, DeepSpeed's buffers, the workspace and the host memory
+as below; the activations, autocast's weight copies, the logits and the loss, and the gradients
+the backward makes, from one micro-batch of the model's own code replayed on fake tensors
+(workshop/step_trace.py: the Trainer's autocast, gradient checkpointing, the fast path's loss).
+The step peaks during the forward and backward, at the end of the backward or in the optimizer
+step. Compiled blocks are replayed eagerly: inductor keeps fewer activations, so the plan is an
+upper bound there (phase "... (compiled: at most)"). tests/test_plan.py checks this replay
+against every committed run of another family, and against BLOOM's runs as if BLOOM were any
+model.
+
+BLOOM (bytes; P parameters, b = 2 for fp16/bf16 or 4 for fp32, N GPUs, T = batch x sequence
+tokens per micro-batch, V x H the tied embedding / lm_head weight): each term is counted from
+how its code allocates; tests/test_plan.py replays BLOOM's code on fake tensors to check the
+activation and loss terms, and compares every committed GPU run. The peak is the largest of
+five moments of a step:
   forward end   states + autocast's 16-bit weight copies + activations + the loss's forward
   loss backward states + the copies kept for backward + activations + the loss's backward
   last block    the backward through the last block, with the lm_head gradient waiting for the
@@ -269,8 +280,9 @@ def predict(model, *, world_size=1, nodes=1, per_device_train_batch_size=4,
         fb, full = s["fb"] - missing, s["full"] - missing
         embedding = grad_bytes * VH if a.tied or gradient_accumulation_steps > 1 else 0  # its
         # dense gradient before it is added to the one there (tied: the output layer's)
+        during = "forward and backward" + (" (compiled: at most)" if c["compile_blocks"] else "")
         return {
-            "forward and backward": (fb + t.gradients_at_peak, transient - logits, logits, bucket_fb),
+            during: (fb + t.gradients_at_peak, transient - logits, logits, bucket_fb),
             "end of backward": (full + embedding + second, 0, 0, bucket_bwd),
             "optimizer step": (s["step"], 0, 0, 0)}
 
