@@ -64,19 +64,6 @@ def test_the_fast_paths_loss_and_gradients_are_the_models_own(family):
         assert torch.equal(fast.generate(**inputs), stock.generate(**inputs))
 
 
-def test_a_family_the_fast_path_does_not_know_is_refused_in_one_line(family_models, tmp_path):
-    folder = tmp_path / "model"
-    folder.mkdir()
-    for file in family_models["llama"].iterdir():
-        (folder / file.name).write_bytes(file.read_bytes())
-    config = json.loads((folder / "config.json").read_text())
-    (folder / "config.json").write_text(json.dumps(dict(config, model_type="granite")))
-    code, out, err = in_process(tiny_args(folder.parent, model_name_or_path=folder,
-                                          output_dir=tmp_path / "out", fast_path=True))
-    assert code == 1 and err.strip().splitlines()[-1].startswith("error: ")
-    assert "granite" in err and "drop --fast_path" in err and "Traceback" not in err
-
-
 def test_every_family_the_fast_path_takes_is_tested():
     assert set(OTHERS) <= set(FAST_PATH_FAMILIES)
 
