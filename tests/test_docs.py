@@ -6,6 +6,7 @@ import contextlib
 import functools
 import io
 import json
+import os
 import re
 import shlex
 import subprocess
@@ -238,3 +239,228 @@ def test_sample_logs_show_lines_their_logs_have(page):
             if not any(pattern(line).match(h.strip()) for h in have):
                 missing.append(f"{rel(log)} has no line like {line!r}")
     assert not missing, "; ".join(missing)
+
+
+# Commands ----------------------------------------------------------------------------------
+
+# Not the workshop's to run here: the cluster's, the shell's, the GPU machines' scripts.
+ELSEWHERE = ("srun", "source", "module", "conda", "pip", "nvidia-smi", "scancel", "squeue", "export", "sudo")
+PLACEHOLDERS = {"MODEL": "bloom-560m", "N": "2"}
+
+
+def commands(page):
+    """The commands a page shows: each line of its ```bash blocks, and the `code` in its prose
+    that starts as a command does."""
+    text, found = page.read_text(), []
+    for block in re.findall(r"```bash\n(.*?)```", text, re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            line = re.sub(r"\s+#.*$", "", line).strip()
+            if line and not line.startswith("#"):
+                found.append(line)
+    found += [span for span in re.findall(r"`([^`\n]+)`", outside_code(text))
+              if re.match(r"(\w+=\S+ )*(python |sbatch |make |diff |bash tools/)", span)]
+    return found
+
+
+def printed(main, argv):
+    """(exit status, stdout) of a tool's main(argv) run in this process."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
+        try:
+            main(argv)
+            code = 0
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) or e.code is None else 1
+    return code or 0, out.getvalue()
+
+
+class Parsed(Exception):
+    """Raised by parse_only's parse_args: the command line was accepted."""
+
+
+@contextlib.contextmanager
+def parse_only():
+    """argparse parses, then the tool stops: for commands whose run needs a GPU, the hub or
+    runs that are not here."""
+    import argparse
+    original = argparse.ArgumentParser.parse_args
+
+    def parse(self, args=None, namespace=None):
+        original(self, args, namespace)
+        raise Parsed
+    argparse.ArgumentParser.parse_args = parse
+    try:
+        yield
+    finally:
+        argparse.ArgumentParser.parse_args = original
+
+
+def tool(name):
+    if str(ROOT / "tools") not in sys.path:
+        sys.path.insert(0, str(ROOT / "tools"))
+    import importlib
+    return importlib.import_module(name)
+
+
+def parses(main, argv):
+    saved = sys.argv
+    sys.argv = ["tool", *argv]
+    try:
+        with parse_only(), contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            main(argv) if main.__code__.co_argcount else main()
+    except Parsed:
+        return True
+    except SystemExit as e:
+        return e.code in (0, None)
+    finally:
+        sys.argv = saved
+    return True
+
+
+def train_options_parse(stage, options, env, tiny):
+    """A job's train.py options, as its stage's config.py parses and checks them (on the CPU,
+    the tiny model where the command names none)."""
+    if str(ROOT / "baseline") not in sys.path:
+        sys.path.insert(0, str(ROOT / "baseline"))
+    import config
+    extra = ["--use_cpu", "True"]
+    if not any(o.startswith("--model_name_or_path") for o in options):
+        extra += ["--model_name_or_path", str(tiny / "model"), "--dataset_name_or_path", str(tiny / "data")]
+    if stage != "baseline":
+        extra += ["--deepspeed", str(ROOT / stage / env.get("DS_CONFIG", "ds_config.json"))]
+    launched = dict(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1") if stage != "baseline" else {}  # as deepspeed starts it
+    saved = dict(os.environ)
+    os.environ.update(launched)
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):
+            config.parse_args([*options, *extra])
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def check(command, tiny, model_folder):
+    """Run or parse one command; returns what was done with it ('ran', 'parsed', 'elsewhere')."""
+    words = [PLACEHOLDERS.get(w, w) for w in shlex.split(command)]
+    env = {}
+    while words and re.match(r"^[A-Z_]+=", words[0]):
+        key, _, value = words.pop(0).partition("=")
+        env[key] = value
+    if words[:1] == ["cd"]:  # cd STAGE && ...
+        cwd, words = ROOT / words[1], words[3:]
+    else:
+        cwd = ROOT
+    program = words[0] if words else ""
+    if program in ELSEWHERE or any("..." in w or "<" in w for w in words) or program == "":
+        return "elsewhere"
+    if program == "make":
+        targets = re.findall(r"^(\w+):", (ROOT / "Makefile").read_text(), re.M)
+        assert words[1] in targets, f"{command}: no make target {words[1]}"
+        return "parsed"
+    if program in ("sbatch", "bash"):
+        script = next((w for w in words[1:] if w.endswith(".slurm")), None)
+        if program == "bash" and script is None:
+            assert (ROOT / words[1]).is_file(), f"{command}: no {words[1]}"
+            return "parsed"
+        assert script and (cwd / script).is_file(), f"{command}: no job script"
+        stage = (cwd / script).resolve().parent.name
+        if "DS_CONFIG" in env:
+            assert (ROOT / stage / env["DS_CONFIG"]).is_file(), f"{command}: no {stage}/{env['DS_CONFIG']}"
+        train_options_parse(stage, words[words.index(script) + 1:], env, tiny)
+        return "parsed"
+    if program == "diff":
+        return "ran" if subprocess.run(words, cwd=cwd, capture_output=True).returncode in (0, 1) else "failed"
+    assert program == "python", f"{command}: a command this test does not know"
+    args = words[1:]
+    if args[:1] in (["-c"], ["-X"]) or args[:2] == ["-m", "workshop.host_memory"]:
+        return "elsewhere"
+    if args[:2] == ["-m", "workshop.build_ops"]:
+        return "elsewhere"  # make setup runs it: tests/test_ops.py checks what it built
+    script, argv = args[0], args[1:]
+    if script.startswith("tools/") and not argv and not parses(tool(Path(script).stem).main, argv):
+        return "named"  # the tool named in a sentence, not a command line (it needs arguments)
+    if script in ("train.py", "baseline/train.py"):
+        if argv == ["--help"]:
+            from conftest import in_process
+            code, out, _ = in_process(["--help"])
+            assert code == 0 and "--fast_path" in out
+            return "ran"
+        train_options_parse("baseline", argv, env, tiny)
+        return "parsed"
+    if script == "tools/plan.py":
+        argv = [str(model_folder) if a == "prepared/model" else a for a in argv]
+        code, out = printed(tool("plan").main, argv)
+        assert code == 0 and (argv == ["--help"] or "Recommended:" in out), f"{command}: {out[-500:]}"
+        return "ran"
+    if script == "tools/tables.py":
+        paths = [a for a in argv if not a.startswith("-")]
+        if paths and all(p.startswith("docs/results/") for p in paths) and "--csv" not in argv:
+            code, out = printed(tool("tables").main, [str(ROOT / p) for p in paths] + ["--no-plots"])
+            assert code == 0 and "## Objective 1" in out, command
+            return "ran"
+        assert parses(tool("tables").main, argv), command
+        return "parsed"
+    if script in ("tools/prepare.py", "tools/bench_fast.py", "tools/bloom_architecture.py", "tools/make_tiny.py"):
+        assert parses(tool(Path(script).stem).main, argv), command
+        return "parsed"
+    if script.startswith("docs/results/") and (ROOT / script).is_file():
+        return "elsewhere"  # a results folder's own script: doc_tables.py runs the ones that make tables
+    if not (ROOT / script).exists():
+        return "elsewhere"  # a results folder's script, named from that folder
+    raise AssertionError(f"{command}: a command this test does not know")
+
+
+@pytest.fixture(scope="module")
+def model_folder(tmp_path_factory):
+    """A model folder as tools/prepare.py leaves one (its config: bloom-560m's)."""
+    from workshop.models import bloom_config
+    folder = tmp_path_factory.mktemp("prepared") / "model"
+    bloom_config("bloom-560m").save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize("page", [p for p in PAGES if p.parent.name != "slurm-local"], ids=lambda p: str(rel(p)))
+def test_every_command_shown_runs_or_parses(page, tiny, model_folder):
+    done = {command: check(command, tiny, model_folder) for command in commands(page)}
+    assert "failed" not in done.values(), done
+
+
+def test_the_diff_between_two_stages_is_what_the_readme_says():
+    """config.py's default and the JSON configs; the jobs differ in their launcher line."""
+    readme = (ROOT / "README.md").read_text()
+    assert "`diff -r baseline deepspeed-single-gpu` shows exactly what DeepSpeed\nchanges: one default in `config.py` and the JSON configs" in readme
+    out = subprocess.run(["diff", "-r", "baseline", "deepspeed-single-gpu"], cwd=ROOT, capture_output=True, text=True).stdout
+    lines = [line for line in out.splitlines() if not re.search(r"\b(log|runs|__pycache__)\b", line)]
+    only = sorted(line for line in lines if line.startswith("Only in"))
+    assert only == ["Only in baseline: baseline.slurm", "Only in deepspeed-single-gpu: deepspeed-single-gpu.slurm",
+                    *sorted(f"Only in deepspeed-single-gpu: {p.name}" for p in (ROOT / "deepspeed-single-gpu").glob("*.json"))]
+    changed = [line for line in lines if line.startswith(("<", ">"))]
+    assert len(changed) == 2 and all("DEEPSPEED_CONFIG = " in line for line in changed)
+    assert re.findall(r"^diff -r (\S+)", out, re.M) == ["baseline/config.py"]
+    jobs = subprocess.run(["diff", "baseline/baseline.slurm", "deepspeed-single-gpu/deepspeed-single-gpu.slurm"],
+                          cwd=ROOT, capture_output=True, text=True).stdout
+    assert "< launch python train.py" in jobs and "> launch deepspeed --num_gpus 1" in jobs
+
+
+@pytest.mark.parametrize("argv, said", [
+    (["bloom-560m", "--gpu", "16GB"], r"Recommended: fast path \+ no DeepSpeed, gradient checkpointing: .*GPU \(11,\d{3} MiB"),
+    (["bloom-560m", "--gpu", "24GB"], r"\| no DeepSpeed +\|.*\| tight +\|"),
+    (["bloom-7b1", "--gpu", "A100-80GB", "--gpus_per_node", "4"], r"Recommended: ZeRO-1: ")])
+def test_what_the_readme_says_of_the_plans_it_shows(argv, said):
+    assert f"python tools/plan.py {' '.join(argv)}" in " ".join((ROOT / "README.md").read_text().split())
+    code, out = printed(tool("plan").main, argv)
+    assert code == 0 and re.search(said, out), out[-1500:]
+
+
+def test_the_demos_sample_output_is_what_the_demo_prints():
+    """The README's sample of `make demo`: its stage headings are the demo's, its run lines
+    the jobs' first lines, its job time line as train.py prints it."""
+    readme = (ROOT / "README.md").read_text()
+    sample = re.search(r"```\n(== 1\..*?)```", readme, re.S)[1]
+    demo = (ROOT / "tools" / "demo.sh").read_text()
+    headings = [line for line in sample.splitlines() if line.startswith("== ")]
+    assert len(headings) >= 3 and all(f'echo "{h}"' in demo for h in headings), headings
+    assert re.search(r"^run baseline-local-\S+ on \S+, output in \S+$", sample, re.M)
+    from workshop.metrics import TIME_PARTS
+    job_time = next(line for line in sample.splitlines() if line.startswith("job time"))
+    assert re.findall(r", ([a-z ]+) [\d.]+", job_time) == [p.replace("_", " ") for p in TIME_PARTS[1:]]

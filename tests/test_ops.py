@@ -58,3 +58,13 @@ def test_an_op_built_by_another_ninja_is_said_before_it_is_rebuilt(job_environme
     assert "build log version is too old" in pending(builder)
     (tmp_path / builder.NAME / f"{builder.NAME}.so").unlink()
     assert pending(builder) == "not built yet"
+
+
+def test_an_offload_job_after_setup_builds_nothing(runs):
+    """ZeRO-2 with optimizer offload loads CPU Adam (and, on the CPU, the shared-memory
+    collective): after make setup, neither is built, and no time goes to compiling."""
+    from conftest import metrics_of
+    out, proc = runs("zero2_offload")
+    metrics = metrics_of((out, proc))
+    assert "building DeepSpeed's" not in proc.stdout + proc.stderr
+    assert metrics["time_seconds"]["compiling"] == 0.0

@@ -8,6 +8,9 @@ sits between two lines, the first naming the command that prints it:
     python tools/doc_tables.py            # rewrite every block of README.md and docs/*.md
     python tools/doc_tables.py --check    # name the blocks that differ (exit status 1), change nothing
     python tools/doc_tables.py plan-nodes MODEL --gpu CARD [--layouts 1x4 1x8 2x4]   # one table
+    python tools/doc_tables.py script docs/results/h100-2026-11-24/large-models/fits.py
+
+script PATH: what a results folder's own script prints (its table, from its files).
 
 plan-nodes: tools/plan.py's recommendation for MODEL on several layouts of nodes x GPUs, the
 line to submit, its predicted peak GPU and host memory, and the other plain configurations
@@ -70,7 +73,15 @@ def plan_nodes(argv):
     print("\n".join(lines))
 
 
-GENERATORS = {"plan-nodes": plan_nodes}
+def script(argv):
+    """A results folder's own script that prints its table (docs/results/.../fits.py)."""
+    import runpy
+    path = ROOT / argv[0]
+    sys.path.insert(0, str(path.parent))
+    runpy.run_path(str(path), run_name="__main__")
+
+
+GENERATORS = {"plan-nodes": plan_nodes, "script": script}
 
 
 def generate(command):

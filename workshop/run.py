@@ -74,10 +74,11 @@ def environment_key():
     return f"{Path(sys.prefix).name}-{hashlib.sha1(sys.prefix.encode()).hexdigest()[:8]}"
 
 
-def load_op(name):
+def load_op(name, clock=None):
     """Load one of DeepSpeed's ops with this environment's build tools, building it only where
-    it is not built for them (said first, on one line, with why and how long it takes); a
-    failed build ends with its cause, not the compiler's command."""
+    it is not built for them (said first, on one line, with why and how long it takes, and
+    counted as compiling on the run's clock); a failed build ends with its cause, not the
+    compiler's command."""
     from deepspeed.accelerator import get_accelerator
     from workshop.build_ops import environment_tools, expected_seconds, pending, record_time
     environment_tools()
@@ -88,7 +89,8 @@ def load_op(name):
         print(f"building DeepSpeed's {builder.NAME} op into {folder} ({why}): {expected_seconds(builder)}, "
               f"once per environment (make setup builds it beforehand: python -m workshop.build_ops)", flush=True)
     try:
-        loaded = builder.load(verbose=False)
+        with clock.timing("compiling") if why and clock else contextlib.nullcontext():
+            loaded = builder.load(verbose=False)
     except Exception as e:  # the compiler's own lines are above; its cause, in one line:
         # TMPDIR as the compiler reads it (tempfile.gettempdir() passes over a full one)
         places = {folder, Path(os.environ.get("TMPDIR", "/tmp"))}
@@ -273,9 +275,8 @@ class Run(TrainerCallback):
             self.made_output_dir = not Path(training_args.output_dir).exists()
             self.lock = take_lock(training_args.output_dir)
         if deepspeed.offload("optimizer") == "cpu":  # DeepSpeed's CPU Adam, a C++ op compiled on
-            # first use (make setup builds it): loaded here so that its time counts as compiling
-            with self.clock.timing("compiling"):
-                load_op("CPUAdamBuilder")
+            # first use (make setup builds it): loaded here so that a build counts as compiling
+            load_op("CPUAdamBuilder", self.clock)
         if resume_from:
             print(f"resuming from {resume_from} (step {int(resume_from.rstrip('/').rsplit('-', 1)[1])})")
         return resume_from
