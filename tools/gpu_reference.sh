@@ -2,27 +2,34 @@
 # The single-GPU reference runs that `tools/tables.py --against docs/results/<gpu>-<date>`
 # compares a participant's runs with: each configuration through its stage's own job, with
 # bash on this machine's one GPU (no SLURM), bloom-560m's architecture with random weights
-# (tools/bloom_architecture.py), the first 500 rows of DATA, the workshop's settings but one
-# epoch, no answers and no final save. About 8 minutes on an H100.
+# (tools/bloom_architecture.py, its tokenizer trained on the rows run), the first 500 train
+# and 100 validation rows of DATA (a folder of SQuAD v1.1 rows: train.jsonl, validation.jsonl),
+# the workshop's settings but one epoch, no answers and no final save. About 8 minutes on an H100.
 #   bash tools/gpu_reference.sh DATA OUT [CONFIG...] [-- more train.py options]
 #     CONFIG  baseline | fast | ds_config.json | ds_zero1.json | ds_zero2.json | ds_zero3.json |
 #             ds_zero2_offload.json | ds_zero3_offload.json    (default: all, in this order)
 #     ARCH=FOLDER  the model (default: bloom-560m's architecture, built into OUT/arch-bloom-560m)
 # Writes OUT/<stage>/runs/<run>/ and OUT/<stage>/log/<run>.out with its memory CSVs (the
-# layout tools/tables.py reads), and OUT/machine.txt. DeepSpeed's CPU Adam is built first
-# (python -m workshop.build_ops), so that the offload jobs compile nothing, as after make setup.
+# layout tools/tables.py reads), OUT/data/ (the rows run) and OUT/machine.txt. DeepSpeed's CPU
+# Adam is built first (python -m workshop.build_ops): the offload jobs compile nothing, as
+# after make setup.
 # A job that fails is reported and the next one starts; the exit status is 1 if any failed.
 set -euo pipefail
-cd "$(dirname "$0")/.."
 [ $# -ge 2 ] || { echo "usage: bash tools/gpu_reference.sh DATA OUT [CONFIG...] [-- train.py options]" >&2; exit 1; }
 data=$(readlink -f "$1") out=$(readlink -m "$2")
 shift 2
+cd "$(dirname "$0")/.."
 configs=()
 while [ $# -gt 0 ] && [ "$1" != -- ]; do configs+=("$1"); shift; done
 [ "${1:-}" = -- ] && shift
 [ ${#configs[@]} -gt 0 ] || configs=(baseline fast ds_config.json ds_zero1.json ds_zero2.json ds_zero3.json
                                      ds_zero2_offload.json ds_zero3_offload.json)
-mkdir -p "$out"
+mkdir -p "$out/data"
+# the rows the runs read, and the tokenizer is trained on: the first 500 train and 100
+# validation rows, as in the H200 reference runs
+head -n 500 "$data/train.jsonl" > "$out/data/train.jsonl"
+head -n 100 "$data/validation.jsonl" > "$out/data/validation.jsonl"
+data=$out/data
 arch=${ARCH:-$out/arch-bloom-560m}
 [ -d "$arch" ] || python tools/bloom_architecture.py bloom-560m "$data" "$arch"
 { date -u; nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 || true
