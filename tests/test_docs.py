@@ -194,12 +194,12 @@ def test_every_figure_of_a_table_is_in_the_files_it_names(page):
 
 def sample_logs(page):
     """(log file, the sample's lines) for each fenced block without a language whose paragraph
-    above links to a job's log (.out)."""
+    above links to a log (a job's .out, a command's .log)."""
     lines, paragraph, current, i = page.read_text().splitlines(), [], [], 0
     while i < len(lines):
         if lines[i].startswith("```"):
             end = lines.index("```", i + 1)
-            logs = [t for t in LINK.findall(" ".join(current or paragraph)) if t.endswith(".out")]
+            logs = [t for t in LINK.findall(" ".join(current or paragraph)) if t.endswith((".out", ".log"))]
             if lines[i] == "```" and logs:
                 yield (page.parent / logs[-1]).resolve(), lines[i + 1:end]
             paragraph, current, i = [], [], end + 1
@@ -232,7 +232,7 @@ def test_sample_logs_show_lines_their_logs_have(page):
     assert len(samples) >= 3
     missing = []
     for log, lines in samples:
-        have = log.read_text(errors="replace").splitlines()
+        have = [re.sub(r"^\d+ ", "", h.strip()) for h in log.read_text(errors="replace").splitlines()]  # time-stamped
         for line in lines:
             if line.strip() in ("", "...") or line.startswith("#"):
                 continue
