@@ -8,9 +8,10 @@
 #   bash tools/gpu_reference.sh DATA OUT [CONFIG...] [-- more train.py options]
 #     CONFIG  baseline | fast | ds_config.json | ds_zero1.json | ds_zero2.json | ds_zero3.json |
 #             ds_zero2_offload.json | ds_zero3_offload.json    (default: all, in this order)
-#     ARCH=FOLDER  the model (default: bloom-560m's architecture, built into OUT/arch-bloom-560m)
+#     ARCH=FOLDER  the model (default: bloom-560m's architecture, built into SCRATCH)
+#     SCRATCH=FOLDER  the rows run and the model (default: $TMPDIR/gpu-reference)
 # Writes OUT/<stage>/runs/<run>/ and OUT/<stage>/log/<run>.out with its memory CSVs (the
-# layout tools/tables.py reads), OUT/data/ (the rows run) and OUT/machine.txt. DeepSpeed's CPU
+# layout tools/tables.py reads), and OUT/machine.txt (GPU, versions, commit). DeepSpeed's CPU
 # Adam is built first (python -m workshop.build_ops): the offload jobs compile nothing, as
 # after make setup.
 # A job that fails is reported and the next one starts; the exit status is 1 if any failed.
@@ -24,13 +25,14 @@ while [ $# -gt 0 ] && [ "$1" != -- ]; do configs+=("$1"); shift; done
 [ "${1:-}" = -- ] && shift
 [ ${#configs[@]} -gt 0 ] || configs=(baseline fast ds_config.json ds_zero1.json ds_zero2.json ds_zero3.json
                                      ds_zero2_offload.json ds_zero3_offload.json)
-mkdir -p "$out/data"
-# the rows the runs read, and the tokenizer is trained on: the first 500 train and 100
-# validation rows, as in the H200 reference runs
-head -n 500 "$data/train.jsonl" > "$out/data/train.jsonl"
-head -n 100 "$data/validation.jsonl" > "$out/data/validation.jsonl"
-data=$out/data
-arch=${ARCH:-$out/arch-bloom-560m}
+# The rows the runs read, which the tokenizer is trained on too: the first 500 train and 100
+# validation rows, as in the H200 reference runs; beside the model, outside OUT (not results).
+scratch=${SCRATCH:-${TMPDIR:-/tmp}/gpu-reference}
+mkdir -p "$out" "$scratch/data"
+head -n 500 "$data/train.jsonl" > "$scratch/data/train.jsonl"
+head -n 100 "$data/validation.jsonl" > "$scratch/data/validation.jsonl"
+data=$scratch/data
+arch=${ARCH:-$scratch/arch-bloom-560m}
 [ -d "$arch" ] || python tools/bloom_architecture.py bloom-560m "$data" "$arch"
 { date -u; nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 || true
   python -c "from workshop.run import versions; print(versions())"; git rev-parse --short HEAD 2>/dev/null || true; } > "$out/machine.txt"
