@@ -50,19 +50,29 @@ def marketed(name):
     return int(re.search(r"(\d+)GB$", name)[1])
 
 
+# What CUDA's context and driver keep of a card's memory: nvidia-smi's memory.total less what
+# torch reports, the same 0.6 GiB on each card above.
+RESERVED_GIB = 0.6
+
+
 def card(text):
     """(card, GiB as torch reports it) of --gpu: a name (H200, A100-40GB, a100_40gb) or a
-    marketed size (40GB, 80G); several cards of that size: the smallest. ValueError otherwise."""
+    marketed size (40GB, 80G); several cards of that size: the smallest; a size no card above
+    has (24GB): a card of that many decimal gigabytes, the least such a card has.
+    ValueError otherwise."""
     key = re.sub(r"[^0-9A-Z]", "", text.upper()).replace("GIB", "GB")
     key = key + "B" if key.endswith("G") else key
     found = [n for n in CARDS if key in (n.replace("-", ""), n.split("-")[0])]
     if len(found) > 1:
         raise ValueError(f"--gpu {text}: {' or '.join(found)}?")
-    if not found and (size := re.fullmatch(r"(\d+)(GB)?", key)):
+    size = re.fullmatch(r"(\d+)(GB)?", key)
+    if not found and size:
         found = [n for n in CARDS if marketed(n) == int(size[1])]
+        if not found and int(size[1]) > 0:
+            return f"a {int(size[1])} GB card", round(int(size[1]) * 1e9 / 2**30 - RESERVED_GIB, 1)
     if not found:
         raise ValueError(f"--gpu {text}: give one of {', '.join(CARDS)}, a marketed size such as "
-                         f"40GB, or --gpu_memory_gib as torch reports it")
+                         f"24GB, or --gpu_memory_gib as torch reports it")
     return min(((n, CARDS[n]) for n in found), key=lambda c: c[1])
 
 
@@ -331,7 +341,7 @@ def main(argv=None):
     parser = OneLineParser(description=__doc__, formatter_class=Formatter, allow_abbrev=False)
     parser.add_argument("model", help=f"a folder with config.json, a hub id, or one of {', '.join(NAMES)}")
     parser.add_argument("--gpu", default="H100-80GB", help=f"the card: {', '.join(CARDS)}, or its "
-                        f"marketed size (40GB)")
+                        f"marketed size (24GB: a card of 24 decimal GB, less CUDA's share)")
     parser.add_argument("--gpu_memory_gib", type=float, help="per GPU, as torch reports it (an "
                         "out-of-memory message's total capacity), instead of --gpu")
     parser.add_argument("--gpus_per_node", type=int, default=1, help="GPUs of each node, one rank each")

@@ -74,17 +74,23 @@ def environment_key():
     return f"{Path(sys.prefix).name}-{hashlib.sha1(sys.prefix.encode()).hexdigest()[:8]}"
 
 
-def load_op(name):
-    """Load one of DeepSpeed's ops, building it if this environment has not (said on one line,
-    with the time it takes); a failed build ends with its cause, not the compiler's command."""
+def load_op(name, clock=None):
+    """Load one of DeepSpeed's ops with this environment's build tools, building it only where
+    it is not built for them (said first, on one line, with why and how long it takes, and
+    counted as compiling on the run's clock); a failed build ends with its cause, not the
+    compiler's command."""
     from deepspeed.accelerator import get_accelerator
+    from workshop.build_ops import environment_tools, expected_seconds, pending, record_time
+    environment_tools()
     builder = get_accelerator().create_op_builder(name)
     folder = Path(os.environ.get("TORCH_EXTENSIONS_DIR", "."))
-    if not any(folder.glob(f"{builder.NAME}/*.so")):
-        print(f"building DeepSpeed's {builder.NAME} op into {folder}: a minute or two, once per "
-              f"environment (make setup builds it beforehand: python -m workshop.build_ops)", flush=True)
+    why, started = pending(builder), time.time()
+    if why:
+        print(f"building DeepSpeed's {builder.NAME} op into {folder} ({why}): {expected_seconds(builder)}, "
+              f"once per environment (make setup builds it beforehand: python -m workshop.build_ops)", flush=True)
     try:
-        return builder.load(verbose=False)
+        with clock.timing("compiling") if why and clock else contextlib.nullcontext():
+            loaded = builder.load(verbose=False)
     except Exception as e:  # the compiler's own lines are above; its cause, in one line:
         # TMPDIR as the compiler reads it (tempfile.gettempdir() passes over a full one)
         places = {folder, Path(os.environ.get("TMPDIR", "/tmp"))}
@@ -94,6 +100,10 @@ def load_op(name):
                  (str(e).strip().splitlines() or [type(e).__name__])[-1][:200])
         raise OSError(f"building DeepSpeed's op {builder.NAME} failed (free space or point TMPDIR "
                       f"and COMPILE_CACHE elsewhere, then python -m workshop.build_ops): {cause}") from None
+    if why:
+        with contextlib.suppress(OSError):
+            record_time(builder, time.time() - started)
+    return loaded
 
 
 def start_cpu_ranks(timeout_seconds):
@@ -265,9 +275,8 @@ class Run(TrainerCallback):
             self.made_output_dir = not Path(training_args.output_dir).exists()
             self.lock = take_lock(training_args.output_dir)
         if deepspeed.offload("optimizer") == "cpu":  # DeepSpeed's CPU Adam, a C++ op compiled on
-            # first use (make setup builds it): loaded here so that its time counts as compiling
-            with self.clock.timing("compiling"):
-                load_op("CPUAdamBuilder")
+            # first use (make setup builds it): loaded here so that a build counts as compiling
+            load_op("CPUAdamBuilder", self.clock)
         if resume_from:
             print(f"resuming from {resume_from} (step {int(resume_from.rstrip('/').rsplit('-', 1)[1])})")
         return resume_from
