@@ -400,7 +400,7 @@ def check(command, tiny, model_folder):
             return "ran"
         assert parses(tool("tables").main, argv), command
         return "parsed"
-    if script in ("tools/prepare.py", "tools/bench_fast.py", "tools/bloom_architecture.py", "tools/make_tiny.py"):
+    if script in ("tools/prepare.py", "tools/bench_fast.py", "tools/architecture.py", "tools/make_tiny.py"):
         assert parses(tool(Path(script).stem).main, argv), command
         return "parsed"
     if script.startswith("docs/results/") and (ROOT / script).is_file():

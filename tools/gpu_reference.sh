@@ -2,7 +2,7 @@
 # The single-GPU reference runs that `tools/tables.py --against docs/results/<gpu>-<date>`
 # compares a participant's runs with: each configuration through its stage's own job, with
 # bash on this machine's one GPU (no SLURM), bloom-560m's architecture with random weights
-# (tools/bloom_architecture.py, its tokenizer trained on the rows run), the first 500 train
+# (tools/architecture.py, its tokenizer trained on the rows run), the first 500 train
 # and 100 validation rows of DATA (a folder of SQuAD v1.1 rows: train.jsonl, validation.jsonl),
 # the workshop's settings but one epoch, no answers and no final save. About 8 minutes on an H100.
 #   bash tools/gpu_reference.sh DATA OUT [CONFIG...] [-- more train.py options]
@@ -33,7 +33,7 @@ head -n 500 "$data/train.jsonl" > "$scratch/data/train.jsonl"
 head -n 100 "$data/validation.jsonl" > "$scratch/data/validation.jsonl"
 data=$scratch/data
 arch=${ARCH:-$scratch/arch-bloom-560m}
-[ -d "$arch" ] || python tools/bloom_architecture.py bloom-560m "$data" "$arch"
+[ -d "$arch" ] || python tools/architecture.py bloom-560m "$data" "$arch"
 { date -u; nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 || true
   python -c "from workshop.run import versions; print(versions())"; git rev-parse --short HEAD 2>/dev/null || true; } > "$out/machine.txt"
 python -m workshop.build_ops
