@@ -4,18 +4,24 @@
 # make test    the test suite (CPU, offline; the SLURM tests need root and Debian's slurm packages)
 PYTHON ?= python3
 VENV := .venv
+SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -c
+# every long step says every 10 s that it is still running (pip installs and op builds are quiet)
+SAY := 2>&1 | bash tools/heartbeat.sh
 
-setup: $(VENV)/installed
+setup: $(VENV)/installed $(VENV)/ops-built
 $(VENV)/installed: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install --quiet --upgrade pip
-	$(VENV)/bin/pip install --progress-bar off -r requirements.txt
-	$(VENV)/bin/pip install --quiet --no-build-isolation --no-deps -e .
-	$(VENV)/bin/python -m workshop.build_ops
+	$(VENV)/bin/pip install --quiet --upgrade pip $(SAY)
+	$(VENV)/bin/pip install --progress-bar off -r requirements.txt $(SAY)
+	$(VENV)/bin/pip install --quiet --no-build-isolation --no-deps -e . $(SAY)
+	touch $@
+$(VENV)/ops-built: $(VENV)/installed workshop/build_ops.py
+	$(VENV)/bin/python -m workshop.build_ops $(SAY)
 	touch $@
 
 demo: setup
-	$(VENV)/bin/python tools/make_tiny.py tiny
+	$(VENV)/bin/python tools/make_tiny.py tiny $(SAY)
 	bash tools/demo.sh tiny
 
 test: setup

@@ -1,6 +1,7 @@
-"""Load BLOOM and its tokenizer where they will train; the Trainer saves them so that
-`from_pretrained` reloads them."""
+"""Load the model (BLOOM, or any causal LM transformers builds) and its tokenizer where they will
+train; the Trainer saves them so that `from_pretrained` reloads them."""
 import contextlib
+import os
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
@@ -19,8 +20,11 @@ def load_model(name_or_path, random_weights=False, device="cpu"):
     measurements on machines that cannot download the weights).
     """
     tokenizer = AutoTokenizer.from_pretrained(name_or_path)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    if tokenizer.pad_token is None:  # Llama's, Mistral's and GPT-2's have none
+        tokenizer.pad_token = tokenizer.eos_token  # padding is masked out of the loss anyway
+        if os.environ.get("RANK", "0") == "0":
+            print(f"notice: the tokenizer has no pad token: padding with its end-of-text token "
+                  f"{tokenizer.eos_token!r}")
     tokenizer.padding_side = "right"  # prompt tokens keep their positions; padding trails
     device = None if is_deepspeed_zero3_enabled() else device
     if random_weights:

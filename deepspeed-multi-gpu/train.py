@@ -1,4 +1,5 @@
-"""Fine-tune BLOOM on SQuAD with the HF Trainer; with DeepSpeed when a config is named.
+"""Fine-tune BLOOM (or your own causal LM: --model_name_or_path) on SQuAD with the HF Trainer;
+with DeepSpeed when a config is named.
 
     python train.py                                  # the workshop's settings (config.py)
     deepspeed --num_gpus 1 train.py --deepspeed ds_zero2.json

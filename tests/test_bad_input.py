@@ -532,12 +532,14 @@ def test_model_config_that_is_not_json(tiny, tmp_path):
                               "not a JSON object")
 
 
-def test_fast_path_on_a_model_that_is_not_bloom(tiny, tmp_path):
+def test_fast_path_on_a_family_it_does_not_know(tiny, tmp_path):
+    """The fast path computes the loss from the last hidden states and the output layer, as the
+    families it names do; another (Granite scales its logits) is refused."""
     model = shutil.copytree(tiny / "model", tmp_path / "model")
     config = json.loads((model / "config.json").read_text())
-    (model / "config.json").write_text(json.dumps({**config, "model_type": "gpt2"}))
+    (model / "config.json").write_text(json.dumps({**config, "model_type": "granite"}))
     assert_refused_on_parsing(parsed(tiny, tmp_path, "--fast_path", "True", model_name_or_path=model),
-                              "--fast_path True", "gpt2")
+                              "--fast_path True", "granite", "drop --fast_path")
 
 
 def test_deepspeed_config_that_deepspeed_itself_refuses(tiny, tmp_path):

@@ -1,12 +1,12 @@
 """The memory plan (workshop/memory_plan.py) against every committed GPU run, against BLOOM's
 own code replayed on fake tensors, and tools/plan.py's command line. CPU only, no training;
 `pytest -s` prints the comparison."""
+import dataclasses
 import functools
 import inspect
 import json
 import subprocess
 import sys
-import weakref
 from pathlib import Path
 
 import pytest
@@ -17,6 +17,7 @@ from conftest import ROOT
 from workshop import memory_plan as plan
 from workshop.memory_plan import SIDECARS, unrecorded
 from workshop.models import BLOOM, architecture
+from workshop.step_trace import traced_step
 
 sys.path.insert(0, str(ROOT / "tools"))
 import plan as plan_cli  # noqa: E402
@@ -123,7 +124,10 @@ def test_every_run_within_10_percent_and_fits_as_it_ran():
                     f"{f', {later} after step 1' if later else ''} | {p['gpu_mib']:,.0f} | {gpu:,.0f} | "
                     f"{error:+.1%} | {p['phase']} | {p['host_node_mib']:,.0f} | {host:,.0f} | "
                     f"{p['host_node_mib'] / host - 1:+.1%} | {fits_gpu} / {fits_host} | {run['ended']} |")
-        assert abs(error) <= 0.10, f"{run['name']}: predicted {p['gpu_mib']:.0f} MiB, measured {gpu:.0f}"
+        if "compiled: at most" in p["phase"]:  # another family's compiled blocks: an upper bound
+            assert 0 <= error <= 0.20, f"{run['name']}: predicted {p['gpu_mib']:.0f} MiB, measured {gpu:.0f}"
+        else:
+            assert abs(error) <= 0.10, f"{run['name']}: predicted {p['gpu_mib']:.0f} MiB, measured {gpu:.0f}"
         assert abs(p["host_node_mib"] / host - 1) <= 0.10, \
             f"{run['name']}: host per node {p['host_node_mib']:.0f} vs {host:.0f} MiB"
         if run["out_of_memory"] == "host":
@@ -138,6 +142,21 @@ def test_every_run_within_10_percent_and_fits_as_it_ran():
     print("\n".join(rows))
     print(f"largest GPU error: {worst:.1%} over {len(RUNS)} runs; skipped: "
           + "; ".join(f"{name} ({why})" for name, why in SKIPPED))
+
+
+def test_the_replay_alone_predicts_blooms_runs():
+    """The way the plan counts any other family (its step replayed on fake tensors,
+    workshop/step_trace.py), applied to BLOOM as if its formula did not exist: every committed
+    bloom-560m run within 3% (`pytest -s` prints each)."""
+    rows = []
+    for run in (r for r in RUNS if architecture(r["model"]).params < 6e8):
+        m, a = run["metrics"], architecture(run["model"])
+        anonymous = dataclasses.replace(a, model_type="bloom (as any model)")
+        p = plan.predict_run({k: v for k, v in m.items() if k != "architecture"}, model=anonymous,
+                             **run["settings"])
+        rows.append((p["gpu_mib"] / max(m["peak_gpu_memory_allocated_mib"]) - 1, run["name"]))
+    print("\n".join(f"{error:+.1%} {name}" for error, name in sorted(rows)))
+    assert len(rows) >= 40 and max(abs(e) for e, _ in rows) <= 0.03, sorted(rows)[::len(rows) - 1]
 
 
 def test_batch_lengths_add_up_to_each_runs_total_flos():
@@ -186,30 +205,6 @@ def test_newer_runs_record_their_architecture():
 
 # --- the activation and loss terms against BLOOM's code, replayed on fake tensors ------------
 
-class LiveBytes(torch.utils._python_dispatch.TorchDispatchMode):
-    """Bytes of the tensors that ops create and that are still alive; their peak."""
-
-    def __init__(self, known):
-        super().__init__()
-        self.known, self.live, self.now, self.peak = known, {}, 0, 0
-
-    def _gone(self, key):
-        self.now -= self.live.pop(key, 0)
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for t in out if isinstance(out, (tuple, list)) else [out]:
-            if isinstance(t, torch.Tensor):
-                storage = t.untyped_storage()
-                key = storage._cdata
-                if key not in self.live and key not in self.known:
-                    self.live[key] = storage.nbytes()
-                    self.now += storage.nbytes()
-                    weakref.finalize(storage, self._gone, key)
-        self.peak = max(self.peak, self.now)
-        return out
-
-
 def load_fast_path():
     from workshop import fast_path
     return fast_path
@@ -223,33 +218,9 @@ def test_the_plans_loss_chunk_is_the_fast_paths():
 def replay(arch, batch, length, *, amp=False, fp32=False, fast=False, checkpointing=False):
     """Peak MiB of what one micro-batch's forward and backward allocate (weights and existing
     gradients excluded), running BLOOM's code on fake tensors (no memory, no arithmetic)."""
-    from torch._subclasses.fake_tensor import FakeTensorMode
-    from transformers import AutoModelForCausalLM, BloomConfig
-    fast_path = load_fast_path()
-    hidden, layers, heads = BLOOM[arch]
-    with FakeTensorMode(allow_non_fake_inputs=True):
-        config = BloomConfig(vocab_size=250_880, hidden_size=hidden, n_layer=layers, n_head=heads)
-        model = AutoModelForCausalLM.from_config(
-            config, dtype=torch.float32 if amp or fp32 else torch.bfloat16)
-        model.train()
-        if checkpointing:
-            model.gradient_checkpointing_enable()
-        if fast:  # boolean indexing has no fake shape: every position is labelled here
-            fast_path.enable_fast_path(model)
-            model.loss_chunk_size = None  # one chunk of every position ...
-            chunk = plan.LOSS_CHUNK  # ... of LOSS_CHUNK positions: the batch is that long
-            assert batch * length == chunk
-        known = {p.untyped_storage()._cdata for p in model.parameters()}
-        for p in model.parameters():  # gradients of an earlier micro-batch (accumulation)
-            p.grad = torch.zeros_like(p)
-            known.add(p.grad.untyped_storage()._cdata)
-        ids = torch.zeros(batch, length, dtype=torch.long)
-        mode = LiveBytes(known)
-        with mode, torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
-            loss = model(input_ids=ids, attention_mask=torch.ones_like(ids), labels=ids).loss
-        with mode:
-            loss.backward()
-    return mode.peak / plan.MIB
+    a = architecture(arch)
+    return traced_step(a.config, batch, length, weights="amp" if amp else "fp32" if fp32 else "16bit",
+                       gradient_checkpointing=checkpointing, fast_path=fast).peak / plan.MIB
 
 
 @pytest.mark.parametrize("case", [
@@ -425,3 +396,27 @@ def test_a_model_folder_goes_into_the_sbatch_line_as_its_path(tiny, capsys):
     commands = capsys.readouterr().out.split("From the repository root:")[1].split()
     assert "tools/prepare.py" not in commands and "sbatch" in commands
     assert commands[commands.index("--model_name_or_path") + 1] == str((tiny / "model").resolve())
+
+
+def test_the_plan_of_another_family_by_its_name(capsys):
+    """A named size of another family: the plan replays its step, recommends, and says where to
+    fetch it."""
+    plan_cli.main(["qwen2.5-0.5b", "--gpu", "A100-40GB"])
+    out = capsys.readouterr().out
+    assert out.startswith("Plan for qwen2.5-0.5b: 0.49e9 parameters (24 layers, hidden 896")
+    assert "Recommended: " in out
+    if not (ROOT / "prepared" / "model").is_dir():
+        assert "python tools/prepare.py --model_name_or_path Qwen/Qwen2.5-0.5B" in out
+
+
+@pytest.mark.parametrize("config, says", [
+    ({"model_type": "no-such-family"}, "transformers cannot build a config"),
+    ({"hidden_size": 64}, "transformers cannot build a config"),
+    ({"model_type": "t5", "vocab_size": 100, "d_model": 64}, "is not a causal language model"),
+])
+def test_a_config_the_plan_cannot_read_is_one_line(config, says, tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(SystemExit) as exit_:
+        plan_cli.main([str(tmp_path)])
+    message = str(exit_.value.code)
+    assert message.startswith("error: MODEL ") and "\n" not in message and says in message, message

@@ -27,8 +27,8 @@ GPU_CSV_NOUNITS = FIXTURES / "nvidia-smi-h100-nounits.csv"  # " 1234"
 HOST_RSS = [10, 219, 486, 512, 377]  # a host memory log as the job scripts write it, in MiB
 BASELINE, ZERO2, MULTI = "baseline-101", "deepspeed-single-gpu-102", "deepspeed-multi-node-103"
 # What the runs are; their model's type and size first because my-run's model is another.
-LABELS = {BASELINE: "bloom-133k baseline fp32 1 CPU rank (job 101)",
-          ZERO2: "bloom-133k ZeRO-2 fp32 1 CPU rank (job 102)"}
+LABELS = {BASELINE: "bloom 1.33e5 baseline fp32 1 CPU rank (job 101)",
+          ZERO2: "bloom 1.33e5 ZeRO-2 fp32 1 CPU rank (job 102)"}
 TIME_PARTS = ("startup", "compiling", "training_steps", "evaluation", "checkpoint_saving",
               "answer_generation", "final_save", "other")
 LAUNCHER_END = (  # what DeepSpeed's launcher prints after a rank failed
@@ -188,26 +188,37 @@ def test_objective1_matches_the_trainers_own_records(made, stage, name):
 
 
 def raw_gpu_stats(path):
-    """(gpu index -> (peak, mean, min, samples)) from the CSV, by plain string handling."""
+    """(gpu index -> (peak, mean, min, samples)) from the CSV, by plain string handling; mean
+    and min while the run held the GPU: from its first reading at half the peak to its last."""
     readings = {}
     for line in path.read_text().splitlines()[1:]:
         fields = line.split(", ")
         readings.setdefault(int(fields[1]), []).append(int(fields[3].split()[0]))
-    return {gpu: (max(v), sum(v) / len(v), min(v), len(v)) for gpu, v in readings.items()}
+    stats = {}
+    for gpu, values in readings.items():
+        held = [i for i, v in enumerate(values) if v >= max(values) / 2]
+        during = values[held[0]:held[-1] + 1]
+        stats[gpu] = (max(values), sum(during) / len(during), min(during), len(values))
+    return stats
 
 
-def test_objective2_per_gpu_and_node_with_and_without_units(made):
+def test_objective2_only_the_gpus_each_run_used_with_and_without_units(made):
+    """A one-rank run on a node of four GPUs lists the one it used (the highest); a run that
+    left only its logs (no metrics: how many it used is unknown) lists all of them."""
     _, proc, tables = made
     expected = raw_gpu_stats(GPU_CSV)
     assert expected == raw_gpu_stats(GPU_CSV_NOUNITS) and len(expected) == 4
-    for run, nodes in [(BASELINE, ["gpu01"]), (ZERO2, ["gpu01"]), (MULTI, ["gpu01", "gpu02"])]:
+    used = max(expected, key=lambda gpu: expected[gpu][0])
+    for run, nodes, gpus in [(BASELINE, ["gpu01"], [used]), (ZERO2, ["gpu01"], [used]),
+                             (MULTI, ["gpu01", "gpu02"], range(4))]:
         rows = [r for r in tables["objective2"] if r["run"] == run]
-        assert sorted((r["node"], int(r["gpu"])) for r in rows) == [(n, g) for n in nodes for g in range(4)]
+        assert sorted((r["node"], int(r["gpu"])) for r in rows) == [(n, g) for n in nodes for g in gpus]
         for r in rows:
             peak, mean, low, samples = expected[int(r["gpu"])]
             assert (number(r["peak MiB"]), number(r["min MiB"]), int(r["samples"])) == (peak, low, samples)
             assert number(r["mean MiB"]) == pytest.approx(mean)
             assert number(r["total MiB"]) == 81559 and r["name"] == "NVIDIA H100 80GB HBM3"
+            assert number(r["min MiB"]) > 1  # not the idle GPU before the job
     # The empty CSV: one line on stderr; the run is still reported.
     assert f"{ZERO2}-gpu-memory-gpu02.csv is empty\n" in proc.stderr and "is empty" not in proc.stdout
     assert row(tables["objective1"], MULTI)["status"] == "logs only"
@@ -263,7 +274,7 @@ def test_markdown_labels_and_plots(made):
     for name, label in LABELS.items():  # the Markdown shows what a run is; the CSV files both
         assert f"| {label} " in out and f"| {name} " not in out
     labels = [r["label"] for r in tables["objective1"]]
-    assert len(set(labels)) == len(labels) and "bloom-133k baseline fp32 1 CPU rank (baseline-died)" in labels
+    assert len(set(labels)) == len(labels) and "bloom 1.33e5 baseline fp32 1 CPU rank (baseline-died)" in labels
     for name in ("loss.png", "gpu-memory.png", "time.png"):
         assert (root / "plots" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -458,25 +469,6 @@ def test_help_explains_every_column(made):
         assert column.replace("eval loss ep1", "eval loss epN").replace("ep2", "epN") in proc.stdout, column
 
 
-README_ONE_LINERS = {  # the README's shell equivalents, run on the same CSV
-    "peak": "tail -q -n +2 {f} | cut -d',' -f4 | sort -n | tail -1",
-    "per GPU": ("awk -F', ' 'FNR > 1 {{ m = $4 + 0; n[$2]++; s[$2] += m; if (!($2 in lo) || m < lo[$2]) lo[$2] = m;"
-                " if (m > hi[$2]) hi[$2] = m }} END {{ for (g in n) print g, hi[g], s[g] / n[g], lo[g] }}' {f}"),
-}
-
-
-@pytest.mark.parametrize("path", [GPU_CSV, GPU_CSV_NOUNITS])
-def test_the_readmes_one_liners_agree(path, made):
-    peak = subprocess.run(README_ONE_LINERS["peak"].format(f=path), shell=True, capture_output=True, text=True)
-    per_gpu = subprocess.run(README_ONE_LINERS["per GPU"].format(f=path), shell=True, capture_output=True, text=True)
-    ours = [r for r in made[2]["objective2"] if r["run"] == MULTI and r["node"] == "gpu01"]
-    assert int(peak.stdout.split()[0]) == max(number(r["peak MiB"]) for r in ours)
-    shell = {int(g): (float(hi), float(mean), float(lo))
-             for g, hi, mean, lo in map(str.split, per_gpu.stdout.splitlines())}
-    assert shell == {int(r["gpu"]): pytest.approx((number(r["peak MiB"]), number(r["mean MiB"]),
-                                                   number(r["min MiB"])), rel=1e-5) for r in ours}
-
-
 # Captured for real on an NVIDIA H100 80GB HBM3 (device tool, 2026-11-24) while the single-GPU
 # matrix ran, `--format=csv` (with units), one reading in six; and the published results, whose
 # GPU logs are the jobs' own `--format=csv,nounits` captures on that GPU, and whose metrics are
@@ -581,7 +573,7 @@ def test_against_the_reference_runs_flags_what_falls_outside_with_its_cause(tmp_
     assert "below" in said["steady samples/s"] and "another job on the GPU" in said["steady samples/s"]
     assert "above" in said["startup s"] and "file system" in said["startup s"]
     assert "another process on the GPU" in said["peak GPU MiB"]
-    assert all("ZeRO-1 fp16 1 GPU (job 842)" in line for line in flagged)  # its reference
+    assert all("ZeRO-1 fp16 1 H200 (job 842)" in line for line in flagged)  # its reference
 
 
 def test_a_stage_submitted_from_the_repository_root_finds_its_logs_in_the_roots_log(made, tmp_path):
@@ -664,3 +656,54 @@ def test_the_roots_log_folder_alone_finds_runs_named_from_another_machine(made, 
     assert proc.returncode == 0, proc.stderr
     rows = list(csv.DictReader((tmp_path / "csv" / "objective1.csv").read_text().splitlines()))
     assert [(r["run"], r["status"]) for r in rows] == [("baseline-57", "complete")]
+
+
+def test_against_a_tree_without_their_configuration_says_nothing_was_compared(tmp_path):
+    """The two-H200 runs against the H100 tree: no run has a reference of its GPU and count
+    there, so nothing is compared, and the section says so rather than "within its spread"."""
+    proc = tool(TWO_GPUS / "deepspeed-multi-gpu", "--against", RESULTS, "--no-plots", "--no-estimate", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    section = proc.stdout.split("## Against the reference runs of")[1].split("\n## ")[0]
+    assert "_nothing compared: no run has a complete reference run of its configuration" in section
+    assert "within its" not in section and section.count("no reference run of its configuration") >= 9
+
+
+def test_a_one_gpu_run_on_a_two_gpu_machine_lists_the_gpu_it_used(tmp_path):
+    """nvidia-smi on the two-H200 machine logged both GPUs for every run: a one-GPU run's
+    tables and plot name one GPU (the one its memory rose on), a two-GPU run's both."""
+    tables = tools_module("tables")
+    problems = []
+    runs = tables.read_runs([TWO_GPUS / "deepspeed-multi-gpu"], problems)
+    rows = tables.objective2(runs)
+    for run in runs:
+        logged = run.gpu["index"].nunique() if run.gpu is not None else 0
+        assert logged == run.m["world_size"], (run.name, logged)
+        assert sorted(rows[rows["run"] == run.name]["gpu"]) == list(range(run.m["world_size"]))
+        assert rows[rows["run"] == run.name]["min MiB"].min() > 1000  # while training, not idle
+    one = next(r for r in runs if r.name.startswith("zero1-1gpu"))
+    assert one.label == "arch560 5.59e8 ZeRO-1 fp16 1 H200 (job 842)"  # beside bloom-7b1 runs
+
+
+def test_a_model_of_another_family_is_labelled_by_its_name_and_size(tmp_path):
+    """A run of a Llama-shaped model (its architecture as the metrics record any model's: the
+    config's own keys) beside a BLOOM run: labels name each model by its folder and size, and
+    nothing assumes BLOOM's config keys."""
+    source = next(TWO_GPUS.glob("deepspeed-multi-gpu/runs/zero1-1gpu-*"))
+    for name, model, parameters, architecture in (
+            ("bloom-1", "/tmp/arch560", 559214592, None),
+            ("llama-2", "/data/Llama-3.2-1B", 1235814400,
+             dict(model_type="llama", vocab_size=128256, hidden_size=2048, intermediate_size=8192,
+                  num_hidden_layers=16, num_attention_heads=32, num_key_value_heads=8,
+                  tie_word_embeddings=True))):
+        run = tmp_path / "deepspeed-single-gpu" / "runs" / name
+        shutil.copytree(source, run)
+        m = json.loads((run / "run_metrics.json").read_text())
+        m.update(model=model, parameters=parameters, architecture=architecture or m["architecture"])
+        (run / "run_metrics.json").write_text(json.dumps(m))
+    proc = tool("deepspeed-single-gpu", "--csv", "csv", "--plots", "plots", "--against", TWO_GPUS, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    labels = [r["label"] for r in csv.DictReader((tmp_path / "csv" / "objective1.csv").read_text().splitlines())]
+    assert labels == ["arch560 5.59e8 ZeRO-1 fp16 1 H200 (job 1)", "Llama-3.2-1B 1.24e9 ZeRO-1 fp16 1 H200 (job 2)"]
+    section = proc.stdout.split("## Against the reference runs of")[1]
+    assert "Llama-3.2-1B 1.24e9 ZeRO-1 fp16 1 H200 (job 2): no reference run of its configuration" in section
+    assert (tmp_path / "plots" / "loss.png").is_file()

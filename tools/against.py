@@ -87,15 +87,16 @@ def cause(name, direction):
 
 
 def compare(mine, references):
-    """(DataFrame: one row per run and measure outside the spread, notes): each complete run of
-    `mine` beside the complete references of its configuration and GPU kind."""
+    """(DataFrame: one row per run and measure outside the spread, notes, the runs compared):
+    each complete run of `mine` beside the complete references of its configuration and GPU kind."""
     done = [r for r in references if r.m.get("status") == "complete"]
-    rows, notes = [], []
+    rows, notes, compared_runs = [], [], []
     for run in (r for r in mine if r.m.get("status") == "complete"):
         same = [r for r in done if key(r, CONFIGURATION) == key(run, CONFIGURATION)]
         if not same:
             notes.append(f"{run.label}: no reference run of its configuration on a {run.m.get('gpu') or 'CPU'}")
             continue
+        compared_runs.append(run)
         same_work = [r for r in same if key(r, SAME_WORK) == key(run, SAME_WORK)]
         for name, (value, room) in measures(run).items():
             compared = same_work if room in ("loss", "time") else same  # these depend on the work
@@ -112,4 +113,4 @@ def compare(mine, references):
         if not same_work:
             notes.append(f"{run.label}: its references did other work (rows, steps, weights or seed): "
                          f"speed and memory compared, losses and times not")
-    return pd.DataFrame(rows), notes
+    return pd.DataFrame(rows), notes, compared_runs

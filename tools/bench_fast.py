@@ -6,7 +6,7 @@
 Each variant is its stage's own .slurm job run with bash on this machine's GPU: the job marks
 its start, so a job's time is all of it (Python's start, imports, building the model,
 compiling, training, evaluating, answering, saving). Random weights from ARCH
-(tools/bloom_architecture.py), the first 500 rows of DATA, the same seed. In one call, in
+(tools/architecture.py), the first 500 rows of DATA, the same seed. In one call, in
 this order: the workshop's configuration (the reference), the fast path as it chooses for
 this many steps (workshop.settings.compiling_pays: compiled only where that pays), the fast
 path with compiled blocks asked for, with an empty compile cache (COMPILE_CACHE: cold) and
@@ -77,7 +77,7 @@ def deviation(m, reference):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("arch", type=Path, help="folder from tools/bloom_architecture.py")
+    parser.add_argument("arch", type=Path, help="folder from tools/architecture.py")
     parser.add_argument("data", type=Path, help="folder with train/validation SQuAD rows")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--out", type=Path, default=Path("bench-fast"))

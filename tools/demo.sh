@@ -11,18 +11,7 @@ tiny=$(readlink -f "${1:-tiny}")
 args=(--model_name_or_path "$tiny/model" --dataset_name_or_path "$tiny/data"
       --train_samples 64 --eval_samples 16 --max_length 64 --learning_rate 2e-3 --use_cpu True)
 # The lines the README shows; while none comes, how long the stage has been running (every 10 s).
-show() {
-  local started=$SECONDS said=$SECONDS line status
-  while true; do
-    IFS= read -r -t 10 line && status=0 || status=$?
-    [ "$status" -eq 0 ] || [ "$status" -gt 128 ] || break
-    if [ "$status" -eq 0 ] && [[ $line =~ ^(run |epoch |answers |job time|error|notice|building) ]]; then
-      echo "$line"; said=$SECONDS
-    elif [ $((SECONDS - said)) -ge 10 ]; then
-      echo "   ... $((SECONDS - started)) s"; said=$SECONDS
-    fi
-  done
-}
+show() { bash tools/heartbeat.sh '^(run |epoch |answers |job time|error|notice|building)'; }
 
 echo "== 1. baseline: HF Trainer, no DeepSpeed"
 bash baseline/baseline.slurm "${args[@]}" 2>&1 | show
@@ -33,4 +22,4 @@ GPUS=2 DS_CONFIG=ds_zero2.json bash deepspeed-multi-gpu/deepspeed-multi-gpu.slur
 echo "== 4. deepspeed-multi-node: ZeRO-3, this machine as one node of two processes"
 GPUS=2 DS_CONFIG=ds_zero3.json bash deepspeed-multi-node/deepspeed-multi-node.slurm "${args[@]}" 2>&1 | show
 echo "== the workshop's tables (plots in tables/)"
-python tools/tables.py baseline deepspeed-single-gpu deepspeed-multi-gpu deepspeed-multi-node
+python tools/tables.py baseline deepspeed-single-gpu deepspeed-multi-gpu deepspeed-multi-node 2>&1 | bash tools/heartbeat.sh

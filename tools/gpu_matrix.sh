@@ -2,7 +2,7 @@
 # Run configurations of the single-GPU stages through their own jobs (bash, no SLURM) on a
 # GPU machine without the hub: the BLOOM architecture with random weights, real SQuAD rows.
 #   tools/gpu_matrix.sh ARCH DATA PRECISION CONFIG... [-- more train.py options]
-#     ARCH       a folder from tools/bloom_architecture.py
+#     ARCH       a folder from tools/architecture.py
 #     PRECISION  fp16 | bf16
 #     CONFIG     baseline | ds_config.json | ds_zero1.json | ds_zero2.json | ds_zero3.json |
 #                ds_zero2_offload.json | ds_zero3_offload.json

@@ -1,7 +1,8 @@
-"""Build a tiny BLOOM, its tokenizer and SQuAD-format data, so every stage runs on a
-laptop CPU with no download (the quick-start demo and the tests use it).
+"""Build a tiny BLOOM (or a tiny model of another family), its tokenizer and SQuAD-format data,
+so every stage runs on a laptop CPU with no download (the quick-start demo and the tests use it).
 
-    python tools/make_tiny.py tiny        # -> tiny/model/ and tiny/data/{train,validation}.jsonl
+    python tools/make_tiny.py tiny                   # -> tiny/model/ and tiny/data/{train,validation}.jsonl
+    python tools/make_tiny.py tiny --family llama    # a tiny Llama instead (FAMILIES below)
 
 The data are made-up facts ("The river Malova flows through Tesk.") asked about in
 SQuAD's row format, so a model of 100k parameters can learn them in seconds and the
@@ -14,13 +15,40 @@ from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import BloomConfig, BloomForCausalLM, PreTrainedTokenizerFast
+from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerFast
 
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>"]  # BLOOM's own special tokens and ids 0-3
 
 # Small enough to train in seconds on 2 cores, big enough to have every part of BLOOM.
 TINY_BLOOM = dict(vocab_size=512, hidden_size=64, n_layer=2, n_head=4,
                   bos_token_id=1, eos_token_id=2, pad_token_id=3)
+# The other families at the same size, each with what sets it apart: grouped-query attention
+# (2 key/value heads for 4 query heads), untied or tied output layers, Gemma 2's softcaps,
+# OPT's projection between its hidden size and its embeddings.
+LAYERS = dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+              num_attention_heads=4, bos_token_id=1, eos_token_id=2, pad_token_id=3)
+FAMILIES = {
+    "bloom": dict(model_type="bloom", **TINY_BLOOM),
+    "llama": dict(model_type="llama", num_key_value_heads=2, tie_word_embeddings=False, **LAYERS),
+    "qwen2": dict(model_type="qwen2", num_key_value_heads=2, tie_word_embeddings=True, **LAYERS),
+    "qwen3": dict(model_type="qwen3", num_key_value_heads=2, head_dim=16, tie_word_embeddings=True, **LAYERS),
+    "mistral": dict(model_type="mistral", num_key_value_heads=2, sliding_window=32, **LAYERS),
+    "gemma": dict(model_type="gemma", num_key_value_heads=2, head_dim=16, **LAYERS),
+    "gemma2": dict(model_type="gemma2", num_key_value_heads=2, head_dim=16, query_pre_attn_scalar=16,
+                   sliding_window=32, final_logit_softcapping=30.0, attn_logit_softcapping=50.0, **LAYERS),
+    "phi3": dict(model_type="phi3", num_key_value_heads=2, **LAYERS),
+    "gpt2": dict(model_type="gpt2", vocab_size=512, n_embd=64, n_layer=2, n_head=4, n_positions=512,
+                 bos_token_id=1, eos_token_id=2, pad_token_id=3),
+    "opt": dict(model_type="opt", vocab_size=512, hidden_size=64, ffn_dim=128, num_hidden_layers=2,
+                num_attention_heads=4, word_embed_proj_dim=32, max_position_embeddings=512,
+                bos_token_id=1, eos_token_id=2, pad_token_id=3),
+}
+
+
+def tiny_model(family):
+    """A tiny model of a family (FAMILIES), random weights of the seed set by the caller."""
+    keys = dict(FAMILIES[family])
+    return AutoModelForCausalLM.from_config(AutoConfig.for_model(keys.pop("model_type"), **keys))
 
 SYLLABLES = ["ka", "lo", "mi", "ra", "te", "vo", "su", "ne", "pa", "di", "go", "ul"]
 FACTS = [  # (sentence, question, which slot is the answer)
@@ -82,6 +110,7 @@ def main():
     parser.add_argument("--train-rows", type=int, default=64)
     parser.add_argument("--validation-rows", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--family", choices=FAMILIES, default="bloom", help="the model's family")
     args = parser.parse_args()
 
     rng = random.Random(args.seed)
@@ -94,10 +123,10 @@ def main():
     write_jsonl(validation, data / "validation.jsonl")
 
     tokenizer = build_tokenizer(tokenizer_corpus(train))
-    model = BloomForCausalLM(BloomConfig(**TINY_BLOOM))
+    model = tiny_model(args.family)
     model.save_pretrained(args.out / "model")
     tokenizer.save_pretrained(args.out / "model")
-    print(f"tiny BLOOM ({model.num_parameters():,} parameters) in {args.out / 'model'}, "
+    print(f"tiny {args.family} ({model.num_parameters():,} parameters) in {args.out / 'model'}, "
           f"{len(train)}+{len(validation)} rows in {data}")
 
 

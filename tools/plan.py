@@ -3,12 +3,13 @@ configuration train.py can run, from the model's architecture alone (no GPU, no 
 fastest one that fits with 10% to spare, and the commands that run it.
 
     python tools/plan.py bloom-7b1 --gpu H100-80GB --gpus_per_node 4
-    python tools/plan.py bloom-7b1 --gpu H200 --host_memory_gib 125
+    python tools/plan.py llama-3.2-1b --gpu H200 --host_memory_gib 125
     python tools/plan.py prepared/model --gpu A100-40GB
 
-MODEL is one of bloom-560m, bloom-1b7, bloom-3b, bloom-7b1 (workshop/models.py), a folder with
-config.json, or a hub id (its config is read from the local cache, else the hub). One Markdown
-row per configuration (no DeepSpeed, ZeRO-1/2/3, offload; each with and without gradient
+MODEL is any causal LM that transformers builds from a config.json: a folder with config.json,
+a hub id (its config is read from the local cache, else the hub), or a named size
+(workshop/models.py: BLOOM's, Llama 3.2, Qwen 2.5 and 3, Mistral, Gemma 2, Phi-3, SmolLM2). One
+Markdown row per configuration (no DeepSpeed, ZeRO-1/2/3, offload; each with and without gradient
 checkpointing; the fast path, compiled as train.py would compile it or not), then the
 recommendation and its sbatch line (tools/prepare.py first for a model not prepared yet).
 The memory model is workshop/memory_plan.py (its docstring says how each term is counted);
@@ -24,8 +25,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from workshop.memory_plan import CUDA_CONTEXT_MIB, DATA, FRAGMENTATION, MARGIN, bloom_architecture, fits, predict
-from workshop.models import BLOOM
+from workshop.memory_plan import CUDA_CONTEXT_MIB, DATA, FRAGMENTATION, MARGIN, fits, predict
+from workshop.models import NAMES, architecture, hub_id
 from workshop.settings import FAST_PATH, TRAINING_DEFAULTS, WorkshopArguments, compiling_pays
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,19 +50,29 @@ def marketed(name):
     return int(re.search(r"(\d+)GB$", name)[1])
 
 
+# What CUDA's context and driver keep of a card's memory: nvidia-smi's memory.total less what
+# torch reports, the same 0.6 GiB on each card above.
+RESERVED_GIB = 0.6
+
+
 def card(text):
     """(card, GiB as torch reports it) of --gpu: a name (H200, A100-40GB, a100_40gb) or a
-    marketed size (40GB, 80G); several cards of that size: the smallest. ValueError otherwise."""
+    marketed size (40GB, 80G); several cards of that size: the smallest; a size no card above
+    has (24GB): a card of that many decimal gigabytes, the least such a card has.
+    ValueError otherwise."""
     key = re.sub(r"[^0-9A-Z]", "", text.upper()).replace("GIB", "GB")
     key = key + "B" if key.endswith("G") else key
     found = [n for n in CARDS if key in (n.replace("-", ""), n.split("-")[0])]
     if len(found) > 1:
         raise ValueError(f"--gpu {text}: {' or '.join(found)}?")
-    if not found and (size := re.fullmatch(r"(\d+)(GB)?", key)):
+    size = re.fullmatch(r"(\d+)(GB)?", key)
+    if not found and size:
         found = [n for n in CARDS if marketed(n) == int(size[1])]
+        if not found and int(size[1]) > 0:
+            return f"a {int(size[1])} GB card", round(int(size[1]) * 1e9 / 2**30 - RESERVED_GIB, 1)
     if not found:
         raise ValueError(f"--gpu {text}: give one of {', '.join(CARDS)}, a marketed size such as "
-                         f"40GB, or --gpu_memory_gib as torch reports it")
+                         f"24GB, or --gpu_memory_gib as torch reports it")
     return min(((n, CARDS[n]) for n in found), key=lambda c: c[1])
 
 
@@ -102,10 +113,11 @@ def speed(a, key, world, nodes):
     nearest measured size, from its parts (ZeRO stage x fast path), x plan_data's factor for
     checkpointing, x the two-GPU efficiency where measured; more GPUs or nodes: estimates."""
     # the measured sizes, nearest first by hidden^2 x layers (what a step's work grows with)
-    sizes = sorted(DATA["speed"], key=lambda s: abs(BLOOM[s][0] ** 2 * BLOOM[s][1] - a.hidden ** 2 * a.layers))
-    same = next((s for s in sizes if BLOOM[s] == (a.hidden, a.layers, a.heads)), None)
+    work = {s: architecture(s).hidden ** 2 * architecture(s).layers for s in DATA["speed"]}
+    sizes = sorted(work, key=lambda s: abs(work[s] - a.hidden ** 2 * a.layers))
+    same = next((s for s in sizes if same_architecture(architecture(s), a)), None)
     plain, factor, extra = key, 1.0, []
-    exact = measured(same, key) if same else None
+    exact = measured(same, key) if same or key == "none" else None
     if not exact and key.endswith("gc"):
         plain = key[:-3] or "none"
         gc = DATA["checkpointing"]["fast" if "fast" in key else "plain"]
@@ -228,10 +240,14 @@ def sbatch_defaults(folder):
     return value(r"^#SBATCH --nodes=(\d+)"), value(r"^#SBATCH --gres=gpu:(\d+)"), value(r"^#SBATCH --mem=(\d+)G")
 
 
+def same_architecture(a, b):
+    return astuple(replace(a, name="")) == astuple(replace(b, name=""))
+
+
 def same_model(folder, a):
     """Whether a prepared model folder holds this architecture."""
     try:
-        return astuple(replace(bloom_architecture(folder), name="")) == astuple(replace(a, name=""))
+        return same_architecture(architecture(folder), a)
     except (OSError, ValueError):
         return False
 
@@ -243,12 +259,12 @@ def commands(best, args, a):
     if Path(args.model).expanduser().is_dir():  # paths are relative to the stage folder: absolute
         options.insert(0, f"--model_name_or_path {Path(args.model).expanduser().resolve()}")
     else:
-        hub_id = f"bigscience/{args.model}" if args.model in BLOOM else args.model
-        default, own = ROOT / "prepared", ROOT / f"prepared-{hub_id.split('/')[-1]}"
+        hub = hub_id(args.model)
+        default, own = ROOT / "prepared", ROOT / f"prepared-{hub.split('/')[-1]}"
         prepared = next((f for f in (default, own) if same_model(f / "model", a)), None)
         if prepared is None:  # prepared/ unless it holds another model
             prepared = own if default.exists() else default
-            lines.append(f"python tools/prepare.py --model_name_or_path {hub_id}"
+            lines.append(f"python tools/prepare.py --model_name_or_path {hub}"
                          + (f" --prepared_dir {own.name}" if prepared == own else "")
                          + "   # once, where the hub is reachable (the login node)")
         if prepared != default:
@@ -267,7 +283,7 @@ def commands(best, args, a):
 
 def plan(args, explicit):
     """Markdown lines: one row per configuration, then the recommendation and how to run it."""
-    a = bloom_architecture(args.model)
+    a = architecture(args.model)
     world = args.gpus_per_node * args.nodes
     gpu_gib, gpu_said = gpu_memory(args)
     gpu_cap, host_cap = gpu_gib * 1024, args.host_memory_gib * 1024
@@ -323,10 +339,9 @@ class OneLineParser(argparse.ArgumentParser):
 
 def main(argv=None):
     parser = OneLineParser(description=__doc__, formatter_class=Formatter, allow_abbrev=False)
-    parser.add_argument("model", help="bloom-560m, bloom-1b7, bloom-3b, bloom-7b1, a folder with "
-                        "config.json, or a hub id")
+    parser.add_argument("model", help=f"a folder with config.json, a hub id, or one of {', '.join(NAMES)}")
     parser.add_argument("--gpu", default="H100-80GB", help=f"the card: {', '.join(CARDS)}, or its "
-                        f"marketed size (40GB)")
+                        f"marketed size (24GB: a card of 24 decimal GB, less CUDA's share)")
     parser.add_argument("--gpu_memory_gib", type=float, help="per GPU, as torch reports it (an "
                         "out-of-memory message's total capacity), instead of --gpu")
     parser.add_argument("--gpus_per_node", type=int, default=1, help="GPUs of each node, one rank each")
@@ -357,7 +372,7 @@ def main(argv=None):
             sys.exit(f"error: --{name} {getattr(args, name):g}: give the memory in GiB, above 0")
     try:
         gpu_memory(args)
-        bloom_architecture(args.model)  # errors in MODEL: one line, no traceback
+        architecture(args.model)  # errors in MODEL: one line, no traceback
     except ValueError as e:
         sys.exit(f"error: {e}" if str(e).startswith("--gpu") else f"error: MODEL {e}")
     except OSError as e:

@@ -3,6 +3,10 @@ node), into a folder the compute nodes can read; the jobs then train from it wit
 
     python tools/prepare.py                       # bigscience/bloom-560m and squad -> prepared/
     python tools/prepare.py --model_name_or_path bigscience/bloom-1b7 --prepared_dir /shared/me/prep-1b7
+    python tools/prepare.py --model_name_or_path meta-llama/Llama-3.2-1B --prepared_dir prepared-llama
+
+Any causal LM of the hub (a gated one, such as Llama's, after `hf auth login` with an account
+that accepted its licence), or a named size of workshop/models.py (llama-3.2-1b: its hub id).
 
 The folder holds model/ (config, weights and tokenizer files as on the hub) and data/
 (train.jsonl and validation.jsonl: both whole splits, in the hub's row format). The .slurm
@@ -17,6 +21,7 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
+from workshop.models import hub_id
 from workshop.settings import WorkshopArguments
 from workshop.squad import SPLIT_FILES, is_local_path, load_split
 
@@ -68,7 +73,7 @@ def main():
                         help="where the jobs read from (default: prepared/ in the repository)")
     args = parser.parse_args()
     try:
-        prepare_model(args.model_name_or_path, args.prepared_dir / "model")
+        prepare_model(hub_id(args.model_name_or_path), args.prepared_dir / "model")
         prepare_data(args.dataset_name_or_path, args.prepared_dir / "data")
     except (ValueError, OSError) as e:
         sys.exit(f"error: {str(e).splitlines()[0]}")

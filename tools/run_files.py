@@ -230,6 +230,25 @@ def logs(run, kind, problems):
     return pd.concat(frames, ignore_index=True) if frames else None
 
 
+def used_gpus(gpu, metrics):
+    """The readings of the GPUs the run used: nvidia-smi lists every GPU of the node, idle ones
+    too, so on each node the run's ranks there (world_size / nodes) whose memory rose highest.
+    Without metrics (a run that left only logs), every GPU."""
+    if gpu is None or not metrics or not metrics.get("world_size"):
+        return gpu
+    per_node = max(metrics["world_size"] // (metrics.get("nodes") or 1), 1)
+    peaks = gpu.groupby(["node", "index"])["memory.used"].max()
+    used = peaks.groupby(level="node", group_keys=False).nlargest(per_node).index
+    return gpu[pd.MultiIndex.from_frame(gpu[["node", "index"]]).isin(used)].reset_index(drop=True)
+
+
+def while_held(readings, share=0.5):
+    """The readings from the first to the last at `share` of their peak or more: while the run
+    held the GPU (nvidia-smi's log starts before the model is loaded and may end after)."""
+    held = (readings >= share * readings.max()).to_numpy().nonzero()[0]
+    return readings.iloc[held[0]:held[-1] + 1] if len(held) else readings
+
+
 def read_metrics(path, problems):
     """run_metrics.json as schema version 2 names it (docs/metrics.md): version 1's `complete`
     read as a status. Refused: a schema_version this tool does not know."""
@@ -291,7 +310,7 @@ def load(run):
                   for e in history if "eval_loss" in e]
     run = replace(run, metrics=metrics, state=state, epochs=epochs, problems=problems,
                   losses=[(e["step"], e["loss"]) for e in history if "loss" in e],
-                  gpu=logs(run, "gpu", problems), host=logs(run, "host", problems))
+                  gpu=used_gpus(logs(run, "gpu", problems), metrics), host=logs(run, "host", problems))
     status, notes = status_of(run)
     return replace(run, status=status, notes=notes, caveats=caveats_of(run))
 

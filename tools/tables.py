@@ -42,12 +42,12 @@ import importlib.util
 import json
 import sys
 from dataclasses import replace
-from pathlib import Path
+from pathlib import Path, PurePath
 
 import pandas as pd
 
 from against import CONFIGURATION, ROOM, TIME_ROOM_SECONDS, compare, highest
-from run_files import Refused, load, merge, runs_in
+from run_files import Refused, load, merge, runs_in, while_held
 from table_plots import plot
 from workshop.memory_plan import predict_run, unrecorded
 from workshop.metrics import TIME_PARTS, fixed_cost
@@ -56,10 +56,13 @@ from workshop.models import architecture, bloom_config
 COLUMNS = """\
 In every table:
   run                the run's folder name (CSV files only: the Markdown shows the label)
-  label              what the run is: baseline or ZeRO stage (and offload: optimizer, +param),
-                     fast path, gradient checkpointing, precision, GPUs (nodes x GPUs per node
-                     on several nodes; CPU ranks without a GPU), and the job id (the run
-                     name's last part; the metrics' slurm_job_id)
+  label              what the run is: the model where the runs' models differ (its folder's
+                     or hub id's last part and its parameters: Llama-3.2-1B 1.24e9), baseline
+                     or ZeRO stage (and offload: optimizer, +param), fast path, gradient
+                     checkpointing, precision, the GPUs it used (how many, nodes x per node
+                     on several nodes, and which GPU where the metrics name it; CPU ranks
+                     without a GPU), and the job id (the run name's last part; the metrics'
+                     slurm_job_id)
   stage              the stage folder the run belongs to
 Objective 1 (one row per run):
   status             complete; stopped to resume (saved on the time limit's warning,
@@ -83,12 +86,14 @@ Objective 1 (one row per run):
   EM before, F1 before, EM after, F1 after
                      SQuAD exact match and F1 (%) of the model's greedy answers to the
                      validation questions before and after fine-tuning (workshop/answers.py)
-Objective 2 (one row per GPU, from nvidia-smi's memory.used, sampled every second):
+Objective 2 (one row per GPU the run used, from nvidia-smi's memory.used, sampled every
+second; nvidia-smi lists every GPU of the node: those the run used are, on each node, as many
+as its ranks there, the ones whose memory rose highest):
   node, gpu, name    the host in the CSV's file name, nvidia-smi's index and GPU name
   samples            readings in the CSV
-  peak MiB, mean MiB, min MiB
-                     memory.used over the whole log, which starts before the model is loaded
-                     (min is usually the idle GPU) and includes CUDA context and cache
+  peak MiB           the highest reading, CUDA context and PyTorch's cache included
+  mean MiB, min MiB  while the run held the GPU: from its first reading at half the peak or
+                     more to its last (the log starts before the model is loaded)
   total MiB          memory.total: what the GPU has
 Where the time went (one row per run, seconds; schema 2 only, blank for version 1 files,
 whose wall_seconds began at trainer.train()):
@@ -165,7 +170,8 @@ run, grouped by stage, a colour per part).
 # What the run is -----------------------------------------------------------------------------
 
 def describe(run):
-    """What a run is, in a few words: 'ZeRO-2 offload bf16 2x4 GPUs'."""
+    """What a run is, in a few words: 'ZeRO-2 offload bf16 2x4 H200' (the GPU as the metrics
+    name it; schema version 1 does not: 'GPUs')."""
     m = run.m
     what = f"ZeRO-{m.get('zero_stage', '?')}" if m.get("deepspeed_config") else "baseline"
     offloaded = [short for short, key in (("opt", "offload_optimizer"), ("param", "offload_param"))
@@ -176,19 +182,32 @@ def describe(run):
                                                   ("grad. checkpointing", "gradient_checkpointing")) if m.get(key))
     ranks, nodes = m.get("world_size") or 1, m.get("nodes") or 1
     per_node = ranks // nodes if nodes > 1 else ranks
-    device = "CPU rank" if run.on_cpu else "GPU"
     count = f"{nodes}x{per_node}" if nodes > 1 else str(ranks)
-    return f"{what} {m.get('precision', '?')} {count} {device}{'s' if per_node > 1 else ''}"
+    if run.on_cpu:
+        device = "CPU rank" + ("s" if per_node > 1 else "")
+    else:
+        device = gpu_name(m.get("gpu")) or "GPU" + ("s" if per_node > 1 else "")
+    return f"{what} {m.get('precision', '?')} {count} {device}"
+
+
+def gpu_name(name):
+    """The GPU as a label says it: 'NVIDIA H100 80GB HBM3' -> 'H100 80GB'; None when unknown."""
+    words = str(name or "").removeprefix("NVIDIA ").split()
+    return " ".join(words[:2] if len(words) > 1 and words[1].endswith("GB") else words[:1]) or None
 
 
 def model_of(run):
-    """The model in a word: its type and size where the metrics say them (v2: 'bloom-559M'),
-    else the last part of its path."""
-    if parameters := run.m.get("parameters"):
-        size = (f"{parameters / 1e9:.3g}B" if parameters >= 1e9 else f"{parameters / 1e6:.3g}M"
-                if parameters >= 1e6 else f"{parameters / 1e3:.3g}k")
-        return f"{(run.m.get('architecture') or {}).get('model_type', 'model')}-{size}"
-    return Path(str(run.m.get("model") or "?")).name
+    """The model in a few words: the last part of its folder or hub id, and its parameters where
+    the metrics count them (v2): 'Llama-3.2-1B 1.24e9'. A folder named just `model` (prepared/,
+    a tiny one) is named by its type instead ('bloom 1.33e5')."""
+    m = run.m
+    name = PurePath(str(m.get("model") or "?")).name
+    if name == "model":
+        name = (m.get("architecture") or {}).get("model_type") or name
+    if parameters := m.get("parameters"):
+        mantissa, exponent = f"{parameters:.2e}".split("e")
+        return f"{name} {mantissa}e{int(exponent)}"
+    return name
 
 
 def labels(runs):
@@ -278,8 +297,11 @@ def estimate(run, predict=predict_run):
     if isinstance(config, str):
         caveats.append(f"no memory estimate: {config}")
     elif config is not None:
-        gpu, host, basis = deepspeed_estimate(m, architecture(config))
-        columns.update({"est. GPU MiB": gpu, "est. host MiB/node": host, "estimate from": basis})
+        try:
+            gpu, host, basis = deepspeed_estimate(m, architecture(config))
+            columns.update({"est. GPU MiB": gpu, "est. host MiB/node": host, "estimate from": basis})
+        except Exception as e:  # a model workshop.models cannot build on the meta device
+            caveats.append(f"no DeepSpeed estimate: {type(e).__name__}: {str(e)[:150]}")
         if m.get("deepspeed_config") and m.get("precision") == "fp32":
             caveats.append("trained in fp32: DeepSpeed's estimate assumes fp16/bf16 (2-byte parameters)")
         known = unrecorded(run.run_dir, m) if run.run_dir else {}
@@ -348,7 +370,10 @@ def objective2(runs):
         if r.gpu is not None:
             gpu = r.gpu.assign(name=r.gpu["name"] if "name" in r.gpu else "")
             groups = gpu.groupby(["node", "index", "name"], dropna=False)
-            stats = groups["memory.used"].agg(["count", "max", "mean", "min"])
+            stats = groups["memory.used"].agg(["count", "max"])
+            held = groups["memory.used"].apply(while_held)
+            stats["mean"] = held.groupby(level=[0, 1, 2], dropna=False).mean()
+            stats["min"] = held.groupby(level=[0, 1, 2], dropna=False).min()
             stats["total"] = groups["memory.total"].max() if "memory.total" in gpu else None
             frames.append(stats.reset_index().assign(run=r.name, label=r.label))
     if not frames:
@@ -496,11 +521,17 @@ def read_runs(paths, problems):
 def against_section(runs, results):
     """Markdown: each run's measures outside its references' spread, with their likely causes."""
     problems = []
-    flags, said = compare(runs, read_runs([results], problems))
+    flags, said, compared = compare(runs, read_runs([results], problems))
     for problem in problems:
         print(f"tables: {results}: {problem}", file=sys.stderr)
-    table = flags.to_markdown(index=False, floatfmt=",.4g") if not flags.empty else (
-        "_every measure of the runs that have a reference is within its spread_")
+    if not compared:
+        table = (f"_nothing compared: no run has a complete reference run of its configuration, "
+                 f"GPU kind and count in {results}_")
+    elif flags.empty:
+        table = (f"_every measure of the {len(compared)} run(s) compared is within its references' "
+                 f"spread_")
+    else:
+        table = flags.to_markdown(index=False, floatfmt=",.4g")
     return "\n".join([table, "", f"Outside: beyond the references' lowest and highest, widened by "
                        f"{', '.join(f'{k} {v:.0%}' for k, v in ROOM.items())} "
                        f"(times also {TIME_ROOM_SECONDS} s)."] + [f"- {line}" for line in said])

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from transformers import HfArgumentParser
 
+from workshop.fast_path import fast_path_refusal
 from workshop.settings import compile_blocks_refusal
 from workshop.squad import is_local_path, not_here
 
@@ -65,9 +66,8 @@ def check_sources(asked):
         except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as e:
             raise ValueError(f"{model / 'config.json'} is not a JSON object ({e}): copy the "
                              f"model folder again") from None
-        if asked.fast_path and model_type != "bloom":
-            raise ValueError(f"--fast_path True rewrites BLOOM's attention and loss; "
-                             f"{model} is a {model_type} model: drop --fast_path")
+        if asked.fast_path and (refusal := fast_path_refusal(model_type)):
+            raise ValueError(f"{model} is a {model_type} model: {refusal}")
         if not any((model / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json")):
             raise ValueError(f"model folder {model} has no tokenizer (tokenizer.json): make a "
                              f"complete folder with `python tools/prepare.py --model_name_or_path "

@@ -7,8 +7,9 @@ weights): tools/plan.py prints it for every configuration, tools/tables.py besid
             fast_path=False, compile_blocks=False, pad_to_max_length=None, longest=None,
             later_longest=None, length_multiple=None, pin_memory=True, save_model=True,
             built_on_host=False) -> dict
-        model: anything workshop.models.architecture() takes (a BLOOM size, a folder with
-          config.json, a hub id, a config, a dict of config keys) or its result.
+        model: anything workshop.models.architecture() takes (a named size, a folder with
+          config.json, a hub id, a config, a dict of config keys) or its result: any causal LM
+          that transformers builds.
         zero_stage None = no DeepSpeed (the Trainer and torch.autocast, one GPU: DDP's buckets
           are not counted); 0-3 = DeepSpeed.
         pad_to_max_length None = the workshop's choice (pad, unless fast_path); longest = tokens
@@ -26,13 +27,23 @@ weights): tools/plan.py prints it for every configuration, tools/tables.py besid
         a run_metrics.json records (model: its architecture, where the run does not record it;
         settings: predict()'s keywords for what it does not record, e.g. later_longest).
     fits(mib, capacity_mib, gpu=True) -> "yes", "tight" or "no" (below).
-Each raises ValueError with a one-line reason for a model it cannot read or that is not BLOOM.
+Each raises ValueError with a one-line reason for a model it cannot read.
 
-The memory model (bytes; P parameters, b = 2 for fp16/bf16 or 4 for fp32, N GPUs, T = batch x
-sequence tokens per micro-batch, V x H the tied embedding / lm_head weight). Each term is
-counted from how the code allocates; tests/test_plan.py replays BLOOM's code on fake tensors to
-check the activation and loss terms, and compares every committed GPU run. The peak is the
-largest of five moments of a step:
+Any model but BLOOM: the model states, DeepSpeed's buffers, the workspace and the host memory
+as below; the activations, autocast's weight copies, the logits and the loss, and the gradients
+the backward makes, from one micro-batch of the model's own code replayed on fake tensors
+(workshop/step_trace.py: the Trainer's autocast, gradient checkpointing, the fast path's loss).
+The step peaks during the forward and backward, at the end of the backward or in the optimizer
+step. Compiled blocks are replayed eagerly: inductor keeps fewer activations, so the plan is an
+upper bound there (phase "... (compiled: at most)"). tests/test_plan.py checks this replay
+against every committed run of another family, and against BLOOM's runs as if BLOOM were any
+model.
+
+BLOOM (bytes; P parameters, b = 2 for fp16/bf16 or 4 for fp32, N GPUs, T = batch x sequence
+tokens per micro-batch, V x H the tied embedding / lm_head weight): each term is counted from
+how its code allocates; tests/test_plan.py replays BLOOM's code on fake tensors to check the
+activation and loss terms, and compares every committed GPU run. The peak is the largest of
+five moments of a step:
   forward end   states + autocast's 16-bit weight copies + activations + the loss's forward
   loss backward states + the copies kept for backward + activations + the loss's backward
   last block    the backward through the last block, with the lm_head gradient waiting for the
@@ -66,6 +77,7 @@ import math
 from pathlib import Path
 
 from workshop.models import architecture
+from workshop.step_trace import traced_step
 
 DATA = json.loads((Path(__file__).with_name("plan_data.json")).read_text())
 FITTED = {name: entry["value"] for name, entry in DATA["fitted"].items()}
@@ -84,15 +96,6 @@ SUB_GROUP_SIZE = 1e9  # ZeRO-3 steps its optimizer this many parameters at a tim
 LOSS_CHUNK = 1024  # positions per chunk of the fast path's loss: enable_fast_path's chunk_size
 # (workshop/fast_path.py imports transformers' BLOOM; tests/test_plan.py checks they agree)
 MARGIN = 0.9  # "yes": the prediction within 90% of the usable memory
-
-
-def bloom_architecture(model):
-    """workshop.models.architecture(model), refused in one line when it is not BLOOM's."""
-    a = architecture(model)
-    if a.model_type != "bloom":
-        raise ValueError(f"{a.name} is a {a.model_type} model; the plan counts BLOOM's blocks "
-                         f"(modeling_bloom.py): give a BLOOM model")
-    return a
 
 
 def block_activations(a, batch, length, b, amp, attention):
@@ -226,7 +229,7 @@ def predict(model, *, world_size=1, nodes=1, per_device_train_batch_size=4,
             later_longest=None, length_multiple=None, pin_memory=True, save_model=True,
             built_on_host=False):
     """Peak GPU memory per GPU, host memory per rank and node (the module docstring says how)."""
-    a = bloom_architecture(model)
+    a = architecture(model)
     c = dict(world_size=world_size, nodes=nodes, max_length=max_length, zero_stage=zero_stage,
              gradient_accumulation_steps=gradient_accumulation_steps, length_multiple=length_multiple,
              offload_optimizer=offload_optimizer, offload_param=offload_param,
@@ -246,6 +249,8 @@ def predict(model, *, world_size=1, nodes=1, per_device_train_batch_size=4,
     def moments(L, missing):
         """name: (model states, activations, logits and loss, DeepSpeed's buckets) in bytes, of a
         step whose largest micro-batch is L tokens long, with `missing` bytes of states not there yet."""
+        if not a.is_bloom:
+            return traced_moments(L, missing)
         block = block_activations(a, B, L, b, amp, "sdpa" if fast_path else "eager")
         activations = a.layers * block
         if gradient_checkpointing:  # each block keeps its input; the backward recomputes one block
@@ -260,6 +265,27 @@ def predict(model, *, world_size=1, nodes=1, per_device_train_batch_size=4,
             "end of backward": (full + grad_bytes * VH, 0, 0, bucket_bwd),
             "optimizer step": (s["step"], 0, 0, 0)}
 
+    def traced_moments(L, missing):
+        """moments() of any other causal LM: its forward, loss and backward replayed on fake
+        tensors (workshop/step_trace.py), over the model states counted as for BLOOM. The
+        gradients the states hold during the step (accumulation, DeepSpeed) exist in the replay
+        before it starts; the others are counted as the backward makes them."""
+        t = traced_step(a.config, B, L, weights="amp" if amp else "fp32" if b == 4 else "16bit",
+                        gradient_checkpointing=gradient_checkpointing, fast_path=fast_path,
+                        gradients_exist=zero_stage is not None or gradient_accumulation_steps > 1)
+        transient = t.peak - t.gradients_at_peak  # at the peak: what the step made, but gradients
+        logits = max(transient - t.activations, 0)  # a late peak holds part of the activations
+        if c["compile_blocks"]:  # the compiled loss keeps the 16-bit logits (loss_bytes)
+            logits = max(logits, loss_bytes(a, B * L, B * (L - 1), b, fast_path, True)[1])
+        fb, full = s["fb"] - missing, s["full"] - missing
+        embedding = grad_bytes * VH if a.tied or gradient_accumulation_steps > 1 else 0  # its
+        # dense gradient before it is added to the one there (tied: the output layer's)
+        during = "forward and backward" + (" (compiled: at most)" if c["compile_blocks"] else "")
+        return {
+            during: (fb + t.gradients_at_peak, transient - logits, logits, bucket_fb),
+            "end of backward": (full + embedding + second, 0, 0, bucket_bwd),
+            "optimizer step": (s["step"], 0, 0, 0)}
+
     L, first = sequence_length(c, later_longest or longest), sequence_length(c, longest)
     phases = moments(L, 0)
     if zero_stage is None and first > L:  # the longest batch came before AdamW's moments
@@ -269,7 +295,7 @@ def predict(model, *, world_size=1, nodes=1, per_device_train_batch_size=4,
     workspace = WORKSPACE_MIB * MIB + bucket
     ranks_per_node = max(world_size // nodes, 1)
     zero3 = zero_stage == 3  # the Trainer builds the model under zero.Init: nothing on the host
-    build = HOST_START_MIB * MIB + 4 * P + 4 * VH if built_on_host and not zero3 else 0  # fp32
+    build = HOST_START_MIB * MIB + 4 * P + 4 * VH * a.tied if built_on_host and not zero3 else 0  # fp32
     # model on the host; BloomForCausalLM makes lm_head's own V x H before tying it
     base = HOST_TRAINER_MIB + HOST_FAST_PATH_MIB * fast_path + HOST_DEEPSPEED_MIB * (zero_stage is not None)
     train = base * MIB + host_states(a, c)
@@ -277,7 +303,7 @@ def predict(model, *, world_size=1, nodes=1, per_device_train_batch_size=4,
     # Saving: the Trainer writes the fp32 weights from rank 0; ZeRO-3 gathers the 16-bit ones on
     # rank 0; ZeRO-0/1/2 copy the state dict to the host on every rank (accelerate's
     # get_state_dict), tied weights once per name: the V x H embedding twice.
-    save = (4 * P if zero_stage is None else b * P if zero3 else b * (P + VH)) if save_model else 0
+    save = (4 * P if zero_stage is None else b * P if zero3 else b * (P + VH * a.tied)) if save_model else 0
     save_other = save if save_model and zero_stage is not None and not zero3 else 0
     # ZeRO-3 defragments its partition through the host as its engine starts, before the
     # engine's own host memory (HOST_DEEPSPEED_MIB) is there

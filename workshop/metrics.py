@@ -14,8 +14,6 @@ SETTINGS_FILE = "run_settings.json"  # what a resumed run must share with the ru
 TIME_PARTS = ("startup", "compiling", "training_steps", "evaluation", "checkpoint_saving",
               "answer_generation", "final_save", "other")
 WORK = ("training_steps", "evaluation", "answer_generation")  # the rest is the fixed cost
-# What tells one model's architecture from another's (a checkpoint's must match).
-ARCHITECTURE_KEYS = ("model_type", "vocab_size", "hidden_size", "n_layer", "n_head")
 SAVE_AND_STOP_FILE = "save-and-stop"  # the .slurm jobs create it on SLURM's time-limit warning
 STOP_WITHOUT_SAVING_FILE = "stop-without-saving"  # and this on a SIGTERM that is no preemption
 # The exit statuses the jobs act on: 0 complete, 1 refused or failed (`error: ...` last),

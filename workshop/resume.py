@@ -10,7 +10,8 @@ from pathlib import Path
 import transformers
 from transformers import AutoConfig, TrainerState
 
-from workshop.metrics import ARCHITECTURE_KEYS, METRICS_FILE, SETTINGS_FILE, checkpoints, read_json
+from workshop.metrics import METRICS_FILE, SETTINGS_FILE, checkpoints, read_json
+from workshop.models import same_architecture
 
 LOCK_FILE = ".run-lock"  # one run at a time in an output folder
 # Settings a resumed run must share with the run it continues (the rest may change).
@@ -51,11 +52,10 @@ def check_checkpoint(folder, model_config, settings):
     damaged, or of a run with other settings, naming the file and what to do."""
     what_to_do = (f"move {folder} aside to resume from the checkpoint before it, or choose "
                   f"another --output_dir")
-    theirs, ours = AutoConfig.from_pretrained(folder).to_dict(), model_config.to_dict()
-    if any(theirs.get(k) != ours.get(k) for k in ARCHITECTURE_KEYS):
-        raise ValueError(f"{folder} holds a checkpoint of another model "
-                         f"({', '.join(f'{k}={theirs.get(k)}' for k in ARCHITECTURE_KEYS)}); "
-                         f"choose another --output_dir")
+    differ = same_architecture(AutoConfig.from_pretrained(folder), model_config)
+    if differ:
+        raise ValueError(f"{folder} holds a checkpoint of another model ({', '.join(differ)}: "
+                         f"the checkpoint's / this run's); choose another --output_dir")
     deepspeed = settings["zero_stage"] is not None
     written_by_deepspeed = any(folder.glob("global_step*")) or (folder / "latest").is_file()
     if deepspeed and not written_by_deepspeed:

@@ -33,8 +33,9 @@ from transformers import AutoConfig, TrainerCallback
 from workshop.callbacks import (AnswerQualityBeforeTraining, Checkpoints, Clock, StepProfiler, gather,
                                 is_distributed)
 from workshop.checks import deepspeed_refusal
-from workshop.metrics import (ARCHITECTURE_KEYS, METRICS_FILE, SCHEMA_VERSION, SETTINGS_FILE,
-                              STOPPED_TO_RESUME, checkpoints, newest_checkpoint, summary_lines)
+from workshop.metrics import (METRICS_FILE, SCHEMA_VERSION, SETTINGS_FILE, STOPPED_TO_RESUME, checkpoints,
+                              newest_checkpoint, summary_lines)
+from workshop.models import describe
 from workshop.resume import resume_point, run_settings, take_lock
 from workshop.squad import memorised, shared_rows
 
@@ -78,17 +79,23 @@ def environment_key():
     return f"{Path(sys.prefix).name}-{hashlib.sha1(sys.prefix.encode()).hexdigest()[:8]}"
 
 
-def load_op(name):
-    """Load one of DeepSpeed's ops, building it if this environment has not (said on one line,
-    with the time it takes); a failed build ends with its cause, not the compiler's command."""
+def load_op(name, clock=None):
+    """Load one of DeepSpeed's ops with this environment's build tools, building it only where
+    it is not built for them (said first, on one line, with why and how long it takes, and
+    counted as compiling on the run's clock); a failed build ends with its cause, not the
+    compiler's command."""
     from deepspeed.accelerator import get_accelerator
+    from workshop.build_ops import environment_tools, expected_seconds, pending, record_time
+    environment_tools()
     builder = get_accelerator().create_op_builder(name)
     folder = Path(os.environ.get("TORCH_EXTENSIONS_DIR", "."))
-    if not any(folder.glob(f"{builder.NAME}/*.so")):
-        print(f"building DeepSpeed's {builder.NAME} op into {folder}: a minute or two, once per "
-              f"environment (make setup builds it beforehand: python -m workshop.build_ops)", flush=True)
+    why, started = pending(builder), time.time()
+    if why:
+        print(f"building DeepSpeed's {builder.NAME} op into {folder} ({why}): {expected_seconds(builder)}, "
+              f"once per environment (make setup builds it beforehand: python -m workshop.build_ops)", flush=True)
     try:
-        return builder.load(verbose=False)
+        with clock.timing("compiling") if why and clock else contextlib.nullcontext():
+            loaded = builder.load(verbose=False)
     except Exception as e:  # the compiler's own lines are above; its cause, in one line:
         # TMPDIR as the compiler reads it (tempfile.gettempdir() passes over a full one)
         places = {folder, Path(os.environ.get("TMPDIR", "/tmp"))}
@@ -98,6 +105,10 @@ def load_op(name):
                  (str(e).strip().splitlines() or [type(e).__name__])[-1][:200])
         raise OSError(f"building DeepSpeed's op {builder.NAME} failed (free space or point TMPDIR "
                       f"and COMPILE_CACHE elsewhere, then python -m workshop.build_ops): {cause}") from None
+    if why:
+        with contextlib.suppress(OSError):
+            record_time(builder, time.time() - started)
+    return loaded
 
 
 def start_cpu_ranks(timeout_seconds):
@@ -130,7 +141,7 @@ def check_memory(args, training_args, deepspeed, settings, longest):
                        fast_path=args.fast_path, compile_blocks=bool(args.compile_blocks),
                        pad_to_max_length=args.pad_to_max_length, longest=longest,
                        length_multiple=args.length_multiple, save_model=args.save_model)
-    except (ValueError, OSError):  # a model the plan cannot read (not BLOOM): not checked
+    except (ValueError, OSError):  # a model the plan cannot read: not checked
         return
     if cuda:
         need, capacity = plan["gpu_mib"], torch.cuda.get_device_properties(training_args.device).total_memory / 2**20
@@ -384,9 +395,8 @@ class Run(TrainerCallback):
             self.made_output_dir = not Path(training_args.output_dir).exists()
             self.lock = take_lock(training_args.output_dir)
         if deepspeed.offload("optimizer") == "cpu":  # DeepSpeed's CPU Adam, a C++ op compiled on
-            # first use (make setup builds it): loaded here so that its time counts as compiling
-            with self.clock.timing("compiling"):
-                load_op("CPUAdamBuilder")
+            # first use (make setup builds it): loaded here so that a build counts as compiling
+            load_op("CPUAdamBuilder", self.clock)
         if resume_from:
             print(f"resuming from {resume_from} (step {int(resume_from.rstrip('/').rsplit('-', 1)[1])})")
         return resume_from
@@ -494,7 +504,7 @@ class Run(TrainerCallback):
             stage=Path(sys.argv[0]).resolve().parent.name,
             model=args.model_name_or_path, random_weights=args.random_weights,
             parameters=sum(getattr(p, "ds_numel", p.numel()) for p in self.model.parameters()),
-            architecture={k: getattr(config, k, None) for k in ARCHITECTURE_KEYS},
+            architecture=describe(config),
             dataset=args.dataset_name_or_path,
             train_samples=args.train_samples, eval_samples=args.eval_samples,
             max_length=args.max_length, pad_to_max_length=args.pad_to_max_length,
