@@ -309,6 +309,7 @@ class Run(TrainerCallback):
             self.status, self.error, code = "interrupted", f"stopped by signal {error.code - 128}", error.code
         else:
             self.error, code = self._reason(kind, error, tb), 1
+        close_progress_bars()
         if self.model is not None and not self.refused:
             try:
                 self.write()
@@ -564,6 +565,15 @@ class Run(TrainerCallback):
         finally:
             partial.unlink(missing_ok=True)
         print("\n".join(summary_lines(metrics, path)))
+
+
+def close_progress_bars():
+    """The Trainer's progress bars that a failure or a signal left open, closed now: else they
+    redraw as the process exits, after its summary and its reason."""
+    from tqdm import tqdm
+    for bar in list(getattr(tqdm, "_instances", ())):
+        with contextlib.suppress(Exception):
+            bar.close()
 
 
 def _leave(code):
