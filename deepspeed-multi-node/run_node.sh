@@ -9,7 +9,7 @@ PYTHON_BIN=$1 LOG=$2 RUN_NAME=$3 HOSTFILE=$4 MASTER_ADDR=$5 MASTER_PORT=$6; shif
 while [ "$1" != -- ]; do export "${1?}"; shift; done; shift
 export PATH=$PYTHON_BIN:$PATH  # the job's environment (its venv or conda env)
 # CLUSTER: where srun starts tasks in a clean environment, load your site's software here too.
-cd "$(dirname "$0")" && source ../workshop/job.sh
+cd "$(dirname "$0")" && source "$(python -m workshop.job path)"
 
 # GPU memory every second, beside the job's log (memory.used is the 4th field)
 if has_gpus; then

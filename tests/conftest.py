@@ -35,7 +35,8 @@ os.environ.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALL
 # workers take whole files in collection order, so the long ones start at once and the short
 # ones fill in after them.
 LONGEST_FIRST = ["test_slurm_two_nodes.py", "test_slurm_one_node.py", "test_stages.py",
-                 "test_resume.py", "test_bad_input.py", "test_tables.py", "test_fast_path.py"]
+                 "test_resume.py", "test_bad_input.py", "test_mistakes.py", "test_tables.py",
+                 "test_fast_path.py"]
 
 
 def pytest_collection_modifyitems(items):

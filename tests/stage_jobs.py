@@ -479,8 +479,9 @@ def check_completes(case: Case, tiny: Path, jobs: list, before_release=None):
     assert out.startswith(f"run {job.run_name} on ") and \
         out.splitlines()[0].endswith(f", output in {job.run_dir}"), out[:500]
 
-    # the eval loss of every epoch: train.py's summary and the Trainer's own log lines
-    summary = re.findall(r"epoch (\d+): train_loss (\S+) eval_loss (\S+)", out)
+    # the eval loss of every epoch: train.py's summary (the last one: the job prints it again
+    # after the launchers' lines) and the Trainer's own log lines
+    summary = re.findall(r"epoch (\d+): train_loss (\S+) eval_loss (\S+)", out)[-epochs:]
     assert [int(e) for e, _, _ in summary] == list(range(1, epochs + 1)), job.tail()
     assert len(re.findall(r"\{'eval_loss': '[-0-9.e]+'", out)) == epochs, job.tail()
 
@@ -500,6 +501,10 @@ def check_completes(case: Case, tiny: Path, jobs: list, before_release=None):
     assert_memory_logs(job, metrics)
     assert_nothing_left(job)
     assert_model_reloads(job, tiny)
+    # the job's last lines are the run's summary, also where launchers printed after it
+    lines = out.rstrip("\n").splitlines()
+    assert lines[-1] == f"metrics: {job.run_dir}/run_metrics.json" and lines[-2].startswith("job time "), job.tail()
+    assert lines[-3].startswith("answers to ") and lines[-5].startswith("epoch 1: train_loss "), job.tail()
     return job
 
 
@@ -537,6 +542,10 @@ def check_cancelled(case: Case, tiny: Path, jobs: list):
     assert metrics is not None, job.tail()
     assert metrics["status"] == "interrupted" and metrics["error"] == "stopped by signal 15", metrics
     assert metrics["global_step"] >= 1 and metrics["stopped_on_request_at_step"] is None
+    # within SLURM's KillWait, the job's last line is the summary's: how it stopped, what next
+    assert job.last_line() == (f"interrupted by SIGTERM after step {metrics['global_step']} of "
+                               f"{metrics['max_steps']}: no checkpoint was saved: run again with "
+                               f"--output_dir {job.run_dir} to start afresh"), job.tail()
 
 
 def resumable(case: Case) -> dict:

@@ -5,6 +5,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from workshop import job
 
@@ -34,9 +35,12 @@ def test_the_reason_is_train_py_s_own_line_else_its_metrics(tmp_path):
     log = tmp_path / "job.out"
     log.write_text("error: dataset folder ./nope does not exist\n[launch.py] exits with return code = 1\n")
     assert job.reason(log, 0, 0, tmp_path, 1) == "error: dataset folder ./nope does not exist"
-    log.write_text("Killed\n")
-    assert job.reason(log, 0, 0, tmp_path, 137) == \
-        "error: train.py ended with exit status 137 without a reason: see the lines above"
+    log.write_text("Killed\n")  # by the kernel's out-of-memory killer, say: named, with the memory
+    assert job.reason(log, 0, 0, tmp_path, 137).startswith(
+        "error: a training process was killed by SIGKILL (signal 9), as the kernel does when a node "
+        "runs out of memory (the node has ")
+    assert job.reason(log, 0, 0, tmp_path, 3) == \
+        "error: train.py ended with exit status 3 without a reason: see the lines above"
     (tmp_path / "run_metrics.json").write_text(json.dumps({"error": "out of host memory"}))
     assert job.reason(log, 0, 0, tmp_path, 1) == "error: out of host memory"
     # a requeued attempt that ends without a word: not the previous attempt's reason, but
@@ -102,3 +106,44 @@ def test_a_python_without_the_packages_names_the_environment(tmp_path):
     assert "pip install -e ." in said
     log.write_text("python: /opt/py/bin/python\nModuleNotFoundError: No module named 'workshop'\n")
     assert "has no module workshop: activate" in reason(log, 0, 0, tmp_path / "o", 1)
+
+
+def test_a_jobs_last_lines_are_its_summary(tmp_path):
+    """train.py's summary again, from run_metrics.json, where launcher lines or a progress bar
+    cut short came after it in this attempt's log; not where it is already last, nor from an
+    earlier attempt's metrics."""
+    from workshop.metrics import TIME_PARTS, summary_lines
+    run = tmp_path / "run"
+    run.mkdir()
+    metrics = dict(status="complete", error=None, epochs=[dict(epoch=1, train_loss=2.5, eval_loss=3.25)],
+                   answer_quality=None, time_seconds={p: 1.0 for p in TIME_PARTS}, wall_seconds=8.0,
+                   global_step=4, max_steps=4, eval_samples=8)
+    (run / "run_metrics.json").write_text(json.dumps(metrics))
+    lines = summary_lines(metrics, run / "run_metrics.json")
+    assert lines[0] == "epoch 1: train_loss 2.5000 eval_loss 3.2500" and lines[-1] == f"metrics: {run}/run_metrics.json"
+    log = tmp_path / "job.out"
+    log.write_text("an earlier attempt\n" + "\n".join(lines) + "\n")
+    assert job.summary(log, 0, 0, run) is None
+    log.write_text("\n".join(lines) + "\n[launch.py:285:main] Process 7 exits successfully.\n")
+    assert job.summary(log, 0, 0, run) == "\n".join(lines)
+    log.write_text("\n".join(lines) + "\n\r 44%|####      | 1049/2400 [01:19<01:42, 13.13it/s]")
+    assert job.summary(log, 0, 0, run) == "\n".join(lines)
+    assert job.summary(log, 0, time.time() + 60, run) is None  # not this attempt's metrics
+    interrupted = dict(metrics, status="interrupted", error="stopped by signal 15", global_step=3)
+    assert summary_lines(interrupted, run / "run_metrics.json")[-1] == (
+        f"interrupted by SIGTERM after step 3 of 4: no checkpoint was saved: run again with "
+        f"--output_dir {run} to start afresh")
+
+
+def test_a_requeue_says_what_the_next_attempt_starts_from(tmp_path):
+    assert job.resumes(tmp_path) == f"{tmp_path} holds no complete checkpoint: the next attempt starts afresh"
+    (tmp_path / "checkpoint-8").mkdir()  # cut off
+    (tmp_path / "checkpoint-5").mkdir()
+    (tmp_path / "checkpoint-5" / "trainer_state.json").write_text("{}")
+    assert job.resumes(tmp_path) == f"the next attempt resumes from {tmp_path / 'checkpoint-5'} (step 5)"
+
+
+def test_the_installed_job_helper_is_the_one_the_jobs_source():
+    proc = subprocess.run([sys.executable, "-m", "workshop.job", "path"], capture_output=True, text=True)
+    assert proc.returncode == 0 and Path(proc.stdout.strip()) == Path(job.__file__).with_name("job.sh")
+    assert Path(proc.stdout.strip()).is_file()

@@ -119,7 +119,11 @@ def test_jobs_share_their_lines_and_mark_what_depends_on_the_site():
     for stage in STAGES:
         job = (ROOT / stage / f"{stage}.slurm").read_text().splitlines()
         assert len(job) <= 60, f"{stage}.slurm: {len(job)} lines"
-        assert 'cd "$(dirname "$SCRIPT")" && source ../workshop/job.sh' in job
+        # job.sh from the installed package, once the job's Python is chosen: a stage folder
+        # copied anywhere runs (tests/test_mistakes.py runs one)
+        assert job.index('cd "$(dirname "$SCRIPT")"') < next(i for i, line in enumerate(job) if "activate" in line) \
+            < next(i for i, line in enumerate(job) if line.startswith("JOB_SH=$(python -m workshop.job path")) \
+            < job.index('source "$JOB_SH"  # what every stage\'s job shares (workshop/job.sh, from the installed package)')
         lines = job_lines(stage)
         missing = [line for line in baseline if line not in lines]
         assert not missing, f"{stage}: lines of the baseline's job not here:\n" + "\n".join(missing)
@@ -142,7 +146,7 @@ def test_jobs_share_their_lines_and_mark_what_depends_on_the_site():
         assert "export -f" not in text and "TORCH_EXTENSIONS_DIR" not in text
         assert not re.search(r"^#SBATCH --(partition|account)", text, re.M)  # on the command line
     node = (ROOT / "deepspeed-multi-node" / "run_node.sh").read_text()
-    assert "source ../workshop/job.sh" in node and "nvidia-smi --query-gpu" in node
+    assert 'source "$(python -m workshop.job path)"' in node and "nvidia-smi --query-gpu" in node
     for line in [*helper, *(line for stage in STAGES for line in job_lines(stage))]:
         if re.match(r"#SBATCH --(gres|cpus-per-task|mem|requeue|nodes=[2-9])", line) or line.startswith(
                 ("export COMPILE_CACHE", "COLLECTIVE_TIMEOUT=", "MAX_RESTARTS=", "# CLUSTER")):
@@ -288,11 +292,43 @@ def test_one_node_job_preempted_saves_requeues_and_resumes(one_node, jobs):
     out = job.output()
     assert re.search(rf"resuming from {re.escape(str(job.run_dir))}/checkpoint-(\d+) \(step \1\)", out)
     assert "attempt 2 of job" in out and "are lost" not in out, out[-3000:]
+    # SLURM's banner for the notice says CANCELLED; the job says what happens next, and when
+    assert re.search(rf"\*\*\* JOB {job.job_id} ON \S+ CANCELLED AT", out), out[-3000:]
+    said = re.search(rf"^requeueing job {job.job_id}: the next attempt resumes from {re.escape(str(job.run_dir))}"
+                     rf"/checkpoint-(\d+) \(step \1\)\n(job {job.job_id} is requeued, not cancelled .*)$", out, re.M)
+    assert said and "SLURM holds it about 2 minutes (its BeginTime, about " in said[2], out[-3000:]
     metrics = metrics_of(job)
     assert metrics["status"] == "complete", out[-3000:]
     assert len(metrics["epochs"]) == EPOCHS_PREEMPTED
     assert_checkpoints_whole(job.run_dir)
     assert_nothing_left(job)
+
+
+def test_one_node_job_at_a_time_limit_without_warning_says_so_and_ends_with_its_summary(one_node, jobs, tmp_path):
+    """No warning signal configured (a site's copy of the job without --signal; here the stage
+    folder copied without that line): SLURM's SIGTERM at the time limit. The job says so at
+    once, train.py stops after its current step and writes its metrics, and the job's last
+    lines are the run's summary, ending with how it stopped and what a run again does."""
+    copy = shutil.copytree(ROOT / "baseline", tmp_path / "baseline", ignore=shutil.ignore_patterns("log", "runs"))
+    job_file = copy / "baseline.slurm"
+    job_file.write_text("".join(line for line in job_file.read_text().splitlines(keepends=True)
+                                if not line.startswith("#SBATCH --signal")))
+    env = {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}  # no ../.venv there
+    args = cpu_args(one_node, **{**resumable(BASELINE), "save_steps": 10**6})  # no checkpoint
+    job_id = LAB.submit("baseline.slurm", cwd=copy, env_overrides=env, sbatch_args=[*CPU_MACHINE, "--time=1"],
+                        script_args=args)
+    state = LAB.wait(job_id, timeout=JOB_TIMEOUT)
+    out = (copy / "log" / f"baseline-{job_id}.out").read_text()
+    run_dir = copy / "runs" / f"baseline-{job_id}"
+    assert state[0] == "TIMEOUT", (state, out[-3000:])
+    assert (f"job {job_id} reached its time limit without a warning signal to save first "
+            f"(#SBATCH --signal=B:USR1@300): train.py stops after its current step") in out, out[-3000:]
+    metrics = json.loads((run_dir / "run_metrics.json").read_text())
+    assert metrics["status"] == "interrupted" and metrics["error"] == "stopped by signal 15", metrics
+    lines = out.rstrip("\n").splitlines()
+    assert lines[-1] == (f"interrupted by SIGTERM after step {metrics['global_step']} of {metrics['max_steps']}: "
+                         f"no checkpoint was saved: run again with --output_dir {run_dir} to start afresh"), out[-3000:]
+    assert lines[-2] == f"metrics: {run_dir}/run_metrics.json" and lines[-3].startswith("job time "), out[-3000:]
 
 
 def test_one_node_job_requeued_by_hand_says_the_steps_it_lost(one_node, jobs):

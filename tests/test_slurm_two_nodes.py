@@ -169,9 +169,11 @@ def test_two_node_job_losing_a_node_ends_with_the_reason_then_resumes(two_nodes,
             cluster.set_link("n2", up=True)
         lines = [line for line in job.output().rstrip("\n").splitlines()  # less SLURM's own
                  if not line.startswith("slurmstepd")]                        # about the requeue
-        assert lines[-2].startswith("error: a collective operation timed out ("), job.tail()
-        assert lines[-1] == (f"requeueing job {job.job_id} after a failure (restart 1 of at most 3): "
-                             f"it resumes from the newest checkpoint in {job.run_dir}"), job.tail()
+        assert lines[-3].startswith("error: a collective operation timed out ("), job.tail()
+        assert re.fullmatch(rf"requeueing job {job.job_id} after a failure \(restart 1 of at most 3\): the next "
+                            rf"attempt resumes from {re.escape(str(job.run_dir))}/checkpoint-(\d+) \(step \1\)",
+                            lines[-2]), job.tail()
+        assert lines[-1].startswith(f"job {job.job_id} is requeued, not cancelled"), job.tail()
         assert ended < TEST_COLLECTIVE_TIMEOUT + 40, job.tail()
         assert {name: complete_checkpoints(job.run_dir).get(name) for name in before} == before
         assert_checkpoints_whole(job.run_dir)

@@ -11,9 +11,7 @@ import torch
 import torch.distributed as dist
 from transformers import TrainerCallback
 
-from workshop.metrics import TIME_PARTS
-
-SAVE_AND_STOP_FILE = "save-and-stop"  # the .slurm jobs create it on SLURM's time-limit warning
+from workshop.metrics import SAVE_AND_STOP_FILE, STOP_WITHOUT_SAVING_FILE, TIME_PARTS
 
 
 def is_distributed():
@@ -120,7 +118,8 @@ class Checkpoints(TrainerCallback):
 
     A SIGTERM during training (`terminated`, from the run's signal handler) ends the run after
     the current step: saved and stopped as on request when the job asked for it (a preemption
-    notice: the job creates the file within PREEMPTION_WAIT seconds), else interrupted (143).
+    notice: the job creates the file within PREEMPTION_WAIT seconds), else interrupted (143), at
+    once where the job says it is not one (STOP_WITHOUT_SAVING_FILE: scancel, the time limit).
     All ranks must save and stop at the same step, so rank 0 decides and tells the others in
     one small all-reduce per optimizer step (only with several ranks).
     """
@@ -128,6 +127,7 @@ class Checkpoints(TrainerCallback):
 
     def __init__(self, output_dir, minutes, started):
         self.request = Path(output_dir) / SAVE_AND_STOP_FILE
+        self.no_save = Path(output_dir) / STOP_WITHOUT_SAVING_FILE
         self.every, self.last_save = minutes * 60, started
         self.stopped_at = None  # the step after which training stopped on request
         self.saved_at_step = False
@@ -150,7 +150,7 @@ class Checkpoints(TrainerCallback):
             stop, save, terminated = decision.tolist()
         if terminated and not stop:  # a preemption notice, or scancel: the job says which
             deadline = time.time() + self.PREEMPTION_WAIT
-            while zero and not self.request.exists() and time.time() < deadline:
+            while zero and not (self.request.exists() or self.no_save.exists()) and time.time() < deadline:
                 time.sleep(0.1)
             stop = zero and self.request.exists()
             if is_distributed():

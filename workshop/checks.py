@@ -92,8 +92,17 @@ def check_sources(asked):
 def check_output_dir(asked):
     """The output folder: a folder, never a folder the run reads from, nor a stage's."""
     out = Path(asked.output_dir).expanduser()
+    if out.is_symlink() and not out.exists():
+        raise ValueError(f"--output_dir {asked.output_dir} is a link to {os.readlink(out)}, which does "
+                         f"not exist: create that folder (mkdir -p), or give another --output_dir")
     if out.exists() and not out.is_dir():
         raise ValueError(f"--output_dir {asked.output_dir} is a file: give a folder")
+    made = next(p for p in (out.absolute(), *out.absolute().parents) if p.exists())  # or will be
+    if not made.is_dir():
+        raise ValueError(f"--output_dir {asked.output_dir} cannot be made: {made} is a file")
+    if not os.access(made, os.W_OK | os.X_OK):
+        raise ValueError(f"--output_dir {asked.output_dir}: {made} is not writable by this user: "
+                         f"give a folder of your own (project or scratch storage)")
     if (out / "train.py").is_file():
         raise ValueError(f"--output_dir {asked.output_dir} is a stage folder (it holds train.py): "
                          f"give a folder of its own, e.g. runs/my-run")
@@ -141,6 +150,14 @@ def check_values(asked, deepspeed):
     if asked.compile_blocks and (refusal := compile_blocks_refusal(
             deepspeed.stage, asked.gradient_accumulation_steps)):
         raise ValueError(refusal)
+    if deepspeed.offload("param") and deepspeed.stage != 3:  # DeepSpeed would ignore it
+        raise ValueError(f"DeepSpeed config {deepspeed.path}: offload_param is ZeRO-3's; at stage "
+                         f"{deepspeed.stage} DeepSpeed ignores it: set stage 3 (as ds_zero3_offload.json "
+                         f"does) or remove offload_param")
+    if deepspeed.offload("optimizer") and deepspeed.stage == 0:
+        raise ValueError(f"DeepSpeed config {deepspeed.path}: offload_optimizer needs ZeRO (stage 1, 2 "
+                         f"or 3); at stage 0 DeepSpeed ignores it: set a stage (as "
+                         f"ds_zero2_offload.json does) or remove offload_optimizer")
     if deepspeed.path and "LOCAL_RANK" not in os.environ:
         raise ValueError(f"--deepspeed {asked.deepspeed} needs DeepSpeed's launcher, which starts "
                          f"one process per GPU: deepspeed --num_gpus 1 train.py [options] (or "
@@ -166,6 +183,10 @@ def check_deepspeed_config(training_args):
     try:
         DeepSpeedConfig(resolved)
     except (AssertionError, ValueError, TypeError, KeyError) as e:
-        reason = " ".join(str(e).split())[:300] or type(e).__name__
-        raise ValueError(f"DeepSpeed config {path}: DeepSpeed refuses it ({reason}); compare "
-                         f"it with the stage's ds_zero*.json") from None
+        raise ValueError(deepspeed_refusal(path, " ".join(str(e).split())[:300] or type(e).__name__)) from None
+
+
+def deepspeed_refusal(path, reason):
+    """DeepSpeed's refusal of the config at `path`, as the run's one line: here for what its
+    config class checks, and (workshop/run.py) for what it asserts once the model is built."""
+    return f"DeepSpeed config {path}: DeepSpeed refuses it ({reason}); compare it with the stage's ds_zero*.json"

@@ -1,22 +1,29 @@
 """What the .slurm jobs (workshop/job.sh) ask Python, one line each, without torch:
 
+    python -m workshop.job path                  # job.sh as installed: what every job sources
     python -m workshop.job port ASKED            # a free rendezvous port, from ASKED on
     python -m workshop.job stop PID              # SIGTERM to PID and all its descendants
     python -m workshop.job training OUTPUT_DIR   # exit 0 while a rank of that run still runs here
     python -m workshop.job checkpoint OUTPUT_DIR # "STEP SECONDS" of the newest checkpoint
+    python -m workshop.job resumes OUTPUT_DIR    # what a requeued job's next attempt starts from
     python -m workshop.job lost OUTPUT_DIR       # the steps a requeued attempt lost, if any
-    python -m workshop.job reason LOG OFFSET STARTED OUTPUT_DIR STATUS   # why the training failed
+    python -m workshop.job summary LOG OFFSET STARTED OUTPUT_DIR  # train.py's summary, again last
+    python -m workshop.job reason LOG OFFSET STARTED OUTPUT_DIR STATUS [MEMORY_CSV_PATTERN]
+                                                 # why the training failed
 """
+import glob
+import os
 import re
 import signal
 import socket
 import sys
+import time
 from pathlib import Path
 
 import psutil
 
 from workshop.host_memory import is_rank
-from workshop.metrics import METRICS_FILE, checkpoints, read_json
+from workshop.metrics import METRICS_FILE, newest_checkpoint, read_json, summary_lines
 
 # Lines that name what a failure came down to (a full disk while compiling DeepSpeed's ops):
 # clearer than the error above them, which may be a compiler command of hundreds of characters.
@@ -26,6 +33,13 @@ CAUSES = re.compile(r"No space left on device|Disk quota exceeded|Read-only file
 # srun's line for a node's task killed from outside (by SLURM, the kernel, an operator)
 MISSING_MODULE = re.compile(r"ModuleNotFoundError: No module named '([\w.]+)'")
 KILLED = re.compile(r"srun: error: (\S+): tasks? [\d,-]+: Killed$")
+# the deepspeed launcher's line for a rank that ended (negative: killed by that signal)
+LAUNCHER_EXIT = re.compile(r"exits with return code = (-?\d+)")
+
+
+def path():
+    """job.sh of the installed package, for a job whose stage folder is anywhere."""
+    return Path(__file__).with_name("job.sh")
 
 
 def port(asked):
@@ -74,13 +88,6 @@ def training(output_dir):
     sys.exit(1)
 
 
-def newest_checkpoint(output_dir):
-    """The newest checkpoint that train.py resumes from (trainer_state.json, written last,
-    makes it complete), or None."""
-    complete = [f for f in checkpoints(output_dir) if (f / "trainer_state.json").is_file()]
-    return complete[-1] if complete else None
-
-
 def checkpoint(output_dir):
     """Its step and about how long writing it took: from its first file to trainer_state.json."""
     folder = newest_checkpoint(output_dir)
@@ -88,6 +95,41 @@ def checkpoint(output_dir):
         return "none"
     times = [p.stat().st_mtime for p in folder.rglob("*") if p.is_file()]
     return f"{folder.name.split('-')[1]} {max(times) - min(times):.0f}"
+
+
+def resumes(output_dir):
+    """What the next attempt of a requeued job starts from."""
+    folder = newest_checkpoint(output_dir)
+    if folder is None:
+        return f"{output_dir} holds no complete checkpoint: the next attempt starts afresh"
+    return f"the next attempt resumes from {folder} (step {folder.name.split('-')[1]})"
+
+
+def this_attempts(output_dir, started):
+    """run_metrics.json of the attempt that started at `started` (epoch seconds), or None."""
+    metrics = Path(output_dir) / METRICS_FILE
+    return read_json(metrics) if metrics.is_file() and metrics.stat().st_mtime >= float(started) else None
+
+
+def summary(log, offset, started, output_dir):
+    """train.py's summary lines again (from run_metrics.json), where other lines came after them
+    in this attempt's log (the launchers' "exits successfully", a progress bar cut short): a
+    job's last lines are its summary."""
+    metrics = this_attempts(output_dir, started)
+    if not isinstance(metrics, dict) or "time_seconds" not in metrics:
+        return None
+    lines = summary_lines(metrics, Path(output_dir) / METRICS_FILE)
+    logged = [line.strip() for line in attempt_lines(log, offset, split_progress=True) if line.strip()]
+    return None if logged[-len(lines):] == lines else "\n".join(lines)
+
+
+def attempt_lines(log, offset, split_progress=False):
+    """This attempt's lines of the job's log (from byte `offset`); a progress bar's redrawn
+    lines (carriage returns) split apart if asked."""
+    with open(log, "rb") as f:
+        f.seek(int(offset))
+        text = f.read().decode(errors="replace")
+    return (text.replace("\r", "\n") if split_progress else text).splitlines()
 
 
 def lost(output_dir):
@@ -104,15 +146,14 @@ def lost(output_dir):
     return f"{reached - saved} step(s) of the previous attempt are lost (it reached step {reached}): {where}"
 
 
-def reason(log, offset, started, output_dir, status):
+def reason(log, offset, started, output_dir, status, memory_csvs=""):
     """The failure's reason, as the job's last line: train.py's own `error: ...` line (the
     launchers print theirs after it) since `offset` of the log, or the line that names the
     cause where that error is about building an op or is a wall of text; else the error in
     run_metrics.json if this attempt (`started`, epoch seconds) wrote it; else a node's task
-    that was killed, as srun says."""
-    with open(log, "rb") as f:
-        f.seek(int(offset))
-        lines = f.read().decode(errors="replace").splitlines()
+    that was killed, as srun says; else the signal that killed a training process (SIGKILL:
+    with the host memory its ranks had, from the job's host memory logs `memory_csvs`)."""
+    lines = attempt_lines(log, offset)
     errors = [line for line in lines if line.startswith("error: ")]
     causes = [line.strip() for line in lines if CAUSES.search(line)]
     if causes and (not errors or len(errors[-1]) > 300 or "extension" in errors[-1]):
@@ -121,14 +162,16 @@ def reason(log, offset, started, output_dir, status):
         return f"error: {what}{causes[-1][-300:]}"
     if errors:
         return errors[-1]
-    metrics = Path(output_dir) / METRICS_FILE
-    error = (read_json(metrics) or {}).get("error") if metrics.is_file() and \
-        metrics.stat().st_mtime >= float(started) else None
+    error = (this_attempts(output_dir, started) or {}).get("error")
     if error:
         return f"error: {error}"
     killed = [m for m in map(KILLED.match, lines) if m]
     if killed:
         return f"error: the task on {killed[-1][1]} was killed ({killed[-1][0]})"
+    signalled = [-int(m[1]) for m in map(LAUNCHER_EXIT.search, lines) if m and int(m[1]) < 0]
+    number = signalled[-1] if signalled else int(status) - 128 if int(status) > 128 else None
+    if number in signal.valid_signals():
+        return f"error: {killed_by(number, memory_csvs, started)}"
     missing = [m[1] for m in map(MISSING_MODULE.search, lines) if m]
     if missing or str(status) == "127":
         python = next((line[len("python: "):] for line in lines if line.startswith("python: ")), "python")
@@ -139,9 +182,35 @@ def reason(log, offset, started, output_dir, status):
     return f"error: train.py ended with exit status {status} without a reason: see the lines above"
 
 
+def killed_by(number, memory_csvs, started):
+    """A training process killed by signal `number`; for SIGKILL (what the kernel's out-of-memory
+    killer sends) the peak of its ranks' host memory in this attempt against the node's."""
+    said = f"a training process was killed by {signal.Signals(number).name} (signal {number})"
+    if number != signal.SIGKILL:
+        return f"{said}: see the lines above"
+    since = time.strftime("%Y/%m/%d %H:%M:%S", time.localtime(float(started)))
+    peaks = {}
+    for csv in sorted(glob.glob(memory_csvs)) if memory_csvs else []:
+        rows = [line.split(",") for line in Path(csv).read_text().splitlines()[1:]]
+        values = [float(mib) for when, mib in rows if when >= since and mib.replace(".", "").isdigit()]
+        if values:
+            peaks[Path(csv).name] = max(values)
+    node = psutil.virtual_memory().total / 2**20
+    asked = os.environ.get("SLURM_MEM_PER_NODE")
+    limit = f" and the job's --mem {int(asked):,} MiB" if asked and asked.isdigit() else ""
+    if not peaks:
+        return (f"{said}, as the kernel does when a node runs out of memory (the node has "
+                f"{node:,.0f} MiB{limit}; its ranks' host memory was not logged): raise #SBATCH "
+                f"--mem, or see what the run needs with python tools/plan.py MODEL")
+    name, peak = max(peaks.items(), key=lambda kv: kv[1])
+    return (f"{said}, as the kernel does when a node runs out of memory: its ranks' host memory "
+            f"peaked at {peak:,.0f} MiB ({name}), of the node's {node:,.0f} MiB{limit}: raise "
+            f"#SBATCH --mem, or see what the run needs with python tools/plan.py MODEL")
+
+
 if __name__ == "__main__":
     command, *args = sys.argv[1:]
-    answer = {"port": port, "stop": stop, "training": training, "checkpoint": checkpoint, "lost": lost,
-              "reason": reason}[command](*args)
+    answer = {"path": path, "port": port, "stop": stop, "training": training, "checkpoint": checkpoint,
+              "resumes": resumes, "lost": lost, "summary": summary, "reason": reason}[command](*args)
     if answer:
         print(answer)

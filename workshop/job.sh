@@ -1,10 +1,11 @@
 # The plumbing every stage's job shares, sourced by the .slurm file from its stage folder (and
-# by run_node.sh on each node): where the log goes, signals, memory logging, requeueing, the
-# reason of a failure as the log's last line. The .slurm files keep what each stage teaches.
+# by run_node.sh on each node) where the workshop package is installed (python -m workshop.job
+# path): where the log goes, signals, memory logging, requeueing, and the log's last lines: the
+# run's summary, or the reason it failed. The .slurm files keep what each stage teaches.
 [ -f train.py ] || { echo "error: no train.py in $PWD: submit the job from the repository (sbatch baseline/baseline.slurm)" >&2; exit 1; }
 HOST=$(hostname -s)
 MAX_RESTARTS=${MAX_RESTARTS:-3}  # CLUSTER: requeues after a lost node or rank, each resuming from the last checkpoint
-LOGGERS=() TRAIN_PID= STATUS= ENDING= PREEMPTED= JOB_SHELL=
+LOGGERS=() TRAIN_PID= STATUS= ENDING= PREEMPTED= JOB_SHELL= REQUEUED=
 # Background loggers end with the job, however it ends (success, failure, scancel, Ctrl-C).
 trap '[ ${#LOGGERS[@]} -eq 0 ] || kill "${LOGGERS[@]}" 2>/dev/null || true' EXIT
 
@@ -36,7 +37,7 @@ start_job() {
     echo "attempt $((SLURM_RESTART_COUNT + 1)) of job $SLURM_JOB_ID (requeued $SLURM_RESTART_COUNT time(s))"
     python -m workshop.job lost "$OUTPUT_DIR"
   fi
-  rm -f "$OUTPUT_DIR/save-and-stop"
+  rm -f "$OUTPUT_DIR/save-and-stop" "$OUTPUT_DIR/stop-without-saving"
   trap 'save_and_stop "warning signal"' USR1
 }
 
@@ -99,9 +100,11 @@ save_and_stop() { echo "$1: saving a checkpoint and stopping"; mkdir -p "$OUTPUT
 # with a grace time, `scancel --batch --signal=TERM`, or `kill` without SLURM): save if the
 # last checkpoint took less than the grace SLURM gives (GraceTime + KillWait; unknown: try),
 # then requeue. Otherwise (scancel, the time limit, Ctrl-C, or on a node) the training writes
-# its metrics on SIGTERM: wait for it, at most a minute, passing SIGTERM on if it reached this
-# shell only. Once the job is ending on purpose (ENDING), a SIGTERM just ends it with 75.
+# its metrics on SIGTERM, told by a file not to wait for a preemption's word (SLURM kills what
+# still runs KillWait seconds later): wait for it, at most a minute, passing SIGTERM on if it
+# reached this shell only. Once the job is ending on purpose (ENDING), a SIGTERM just ends it with 75.
 on_term() {
+  [ -z "$REQUEUED" ] || return 0  # SLURM ends the attempt it requeued: the job says so (requeue)
   [ -z "$ENDING" ] || exit 75
   if [ "$1" = TERM ] && [ -n "$JOB_SHELL" ] && [ -n "$TRAIN_PID" ] && [ -z "$PREEMPTED" ] && job_still_running; then
     PREEMPTED=1
@@ -109,6 +112,7 @@ on_term() {
     grace=$(grace_seconds) checkpoint=($(python -m workshop.job checkpoint "$OUTPUT_DIR" || true))
     if [ -n "$grace" ] && [ "${checkpoint[1]:-0}" -ge "$grace" ]; then
       echo "preemption notice: no time to save (a checkpoint takes ${checkpoint[1]} s, SLURM gives $grace s): stopping"
+      touch "$OUTPUT_DIR/stop-without-saving" 2>/dev/null || true
       stop_training
     else
       save_and_stop "preemption notice${grace:+ ($grace s to go)}"
@@ -116,11 +120,15 @@ on_term() {
     return 0  # (a bare return in a trap gives the interrupted wait's status: set -e would exit)
   fi
   trap '' TERM INT
+  [ -z "$JOB_SHELL" ] || touch "$OUTPUT_DIR/stop-without-saving" 2>/dev/null || true  # train.py need not wait
+  [ -z "$JOB_SHELL" ] || ! job_is 'Reason=TimeLimit' || echo "job $SLURM_JOB_ID reached its time limit without a \
+warning signal to save first (#SBATCH --signal=B:USR1@300): train.py stops after its current step and writes its metrics"
   for i in $(seq 300); do
     training_runs || break
     [ "$i" != 15 ] || stop_training
     sleep 0.2
   done
+  [ -z "$JOB_SHELL" ] || { rm -f "$OUTPUT_DIR/stop-without-saving"; summary; }
   exit 143
 }
 # training_runs: the launcher, or (the job's own shell) a rank of this run it left behind
@@ -130,9 +138,8 @@ training_runs() {
 }
 trap 'on_term TERM' TERM
 trap 'on_term INT' INT
-job_still_running() {
-  [ -z "${SLURM_JOB_ID:-}" ] || scontrol show job "$SLURM_JOB_ID" 2>/dev/null | grep -q 'JobState=RUNNING'
-}
+job_still_running() { [ -z "${SLURM_JOB_ID:-}" ] || job_is 'JobState=RUNNING '; }
+job_is() { [ -n "${SLURM_JOB_ID:-}" ] && scontrol show job "$SLURM_JOB_ID" 2>/dev/null | grep -q "$1"; }
 grace_seconds() {
   [ -n "${SLURM_JOB_ID:-}" ] || return 0
   local kill_wait grace_time
@@ -172,14 +179,15 @@ wait_for_training() {
 # that timed out, a peer gone, a node's task killed) the job requeues itself first, at most
 # MAX_RESTARTS times.
 end_job() {
-  [ "$STATUS" -ne 0 ] || exit 0
+  [ "$STATUS" -ne 0 ] || { summary; exit 0; }
   if [ "$STATUS" -eq 75 ] || [ -n "$PREEMPTED" ]; then
     requeue
     exit 75
   fi
   [ -n "${SLURM_JOB_ID:-}" ] || sleep 0.5  # tee writes the log a moment later
   local reason restarts
-  reason=$(python -m workshop.job reason "$OUT" "$OUT_START" "$JOB_STARTED_AT" "$OUTPUT_DIR" "$STATUS")
+  reason=$(python -m workshop.job reason "$OUT" "$OUT_START" "$JOB_STARTED_AT" "$OUTPUT_DIR" "$STATUS" \
+    "$LOG/$RUN_NAME-host-memory-*.csv")
   if [ -n "${SLURM_JOB_ID:-}" ] && [[ $reason =~ "collective operation timed out"|"closed by peer"|"reset by peer"|"was killed (srun" ]]; then
     restarts=$(grep -c "^requeueing job $SLURM_JOB_ID after a failure" "$OUT" || true)
     if [ "$restarts" -lt "$MAX_RESTARTS" ]; then
@@ -193,13 +201,24 @@ end_job() {
   exit 1
 }
 say_last() { [ "$(tail -n 1 "$OUT")" = "$1" ] || echo "$1"; }
+# summary: the run's summary again where other lines came after it (launchers, a progress bar)
+summary() {
+  [ -n "${SLURM_JOB_ID:-}" ] || sleep 0.5  # tee writes the log a moment later
+  python -m workshop.job summary "$OUT" "$OUT_START" "$JOB_STARTED_AT" "$OUTPUT_DIR" || true
+}
 # requeue [WHY]: requeue this job (it ends here); without SLURM, say how to resume
 requeue() {
   if [ -z "${SLURM_JOB_ID:-}" ]; then
     echo "stopped with a checkpoint: OUTPUT_DIR=$OUTPUT_DIR bash $SCRIPT [the same options] resumes it"
     return
   fi
-  echo "requeueing job $SLURM_JOB_ID${1:+ $1}: it resumes from the newest checkpoint in $OUTPUT_DIR"
-  ENDING=1; scontrol requeue "$SLURM_JOB_ID" && exit 75
-  ENDING=; echo "error: this job cannot be requeued here: OUTPUT_DIR=$OUTPUT_DIR sbatch $SCRIPT resumes it"
+  echo "requeueing job $SLURM_JOB_ID${1:+ $1}: $(python -m workshop.job resumes "$OUTPUT_DIR")"
+  REQUEUED=1
+  if scontrol requeue "$SLURM_JOB_ID"; then  # done once this attempt ends; SLURM then holds it
+    echo "job $SLURM_JOB_ID is requeued, not cancelled (whatever a CANCELLED line of SLURM's above says): SLURM \
+holds it about 2 minutes (its BeginTime, about $(date -d '+2 min' +%H:%M:%S)) before it can start again; its next \
+attempt goes on in this log"
+    exit 75
+  fi
+  REQUEUED=; echo "error: this job cannot be requeued here: OUTPUT_DIR=$OUTPUT_DIR sbatch $SCRIPT resumes it"
 }

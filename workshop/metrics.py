@@ -1,7 +1,11 @@
 """run_metrics.json's names (docs/metrics.md), shared by the run that writes it and the tools
 that read it."""
 import json
+import re
+import signal
 from pathlib import Path
+
+from workshop.squad import memorised
 
 SCHEMA_VERSION = 2
 SCHEMA_VERSIONS = (1, 2)  # what the tools read; a file without schema_version is version 1
@@ -10,6 +14,8 @@ SETTINGS_FILE = "run_settings.json"  # what a resumed run must share with the ru
 TIME_PARTS = ("startup", "compiling", "training_steps", "evaluation", "checkpoint_saving",
               "answer_generation", "final_save", "other")
 WORK = ("training_steps", "evaluation", "answer_generation")  # the rest is the fixed cost
+SAVE_AND_STOP_FILE = "save-and-stop"  # the .slurm jobs create it on SLURM's time-limit warning
+STOP_WITHOUT_SAVING_FILE = "stop-without-saving"  # and this on a SIGTERM that is no preemption
 # The exit statuses the jobs act on: 0 complete, 1 refused or failed (`error: ...` last),
 # 128 + signal when killed (143: SIGTERM), and:
 STOPPED_TO_RESUME = 75  # EX_TEMPFAIL, "try again": stopped on request with a checkpoint
@@ -25,6 +31,47 @@ def checkpoints(run_dir):
     """A run folder's checkpoint-N folders, oldest step first."""
     return sorted(Path(run_dir).glob("checkpoint-*"),
                   key=lambda p: int(p.name.split("-")[1]) if p.name.split("-")[1].isdigit() else -1)
+
+
+def newest_checkpoint(run_dir):
+    """The newest checkpoint a run resumes from (trainer_state.json, written last, makes it
+    complete), or None."""
+    complete = [f for f in checkpoints(run_dir) if (f / "trainer_state.json").is_file()]
+    return complete[-1] if complete else None
+
+
+def summary_lines(metrics, path):
+    """The lines a run ends with (train.py prints them; a job prints them again where its
+    launchers' lines came after them): the loss of each epoch, the answers, where the job's
+    time went, the metrics file, and how it stopped when it did not complete."""
+    def number(value):
+        return "-" if value is None else f"{value:.4f}"
+    lines = [f"epoch {e['epoch']}: train_loss {number(e['train_loss'])} eval_loss {number(e['eval_loss'])}"
+             for e in metrics["epochs"]]
+    if metrics.get("validation_rows_in_train"):
+        lines.append(f"warning: {memorised(metrics['validation_rows_in_train'], metrics['eval_samples'])}")
+    quality = metrics.get("answer_quality")
+    if quality and quality["before"] and quality["after"]:
+        lines.append("answers to {samples} validation questions: exact match {0[exact_match]:.1f} -> "
+                     "{1[exact_match]:.1f}, F1 {0[f1]:.1f} -> {1[f1]:.1f} (before -> after training)"
+                     .format(quality["before"], quality["after"], samples=quality["after"]["samples"]))
+    parts = metrics["time_seconds"]
+    lines.append(f"job time {metrics['wall_seconds']:.1f} s: " + ", ".join(
+        f"{name.replace('_', ' ')} {parts[name]:.1f}" for name in TIME_PARTS))
+    lines.append(f"metrics: {path}")
+    run_dir, step, last = Path(path).parent, metrics["global_step"], metrics["max_steps"]
+    if metrics["status"] == "stopped_on_request":
+        lines.append(f"stopped on request ({run_dir / SAVE_AND_STOP_FILE}) after step "
+                     f"{metrics['stopped_on_request_at_step']} of {last}: checkpoint-"
+                     f"{metrics['stopped_on_request_at_step']} saved; run again with --output_dir "
+                     f"{run_dir} to resume")
+    elif metrics["status"] == "interrupted":
+        newest, number = newest_checkpoint(run_dir), re.search(r"signal (\d+)", metrics["error"] or "")
+        how = f"by {signal.Signals(int(number[1])).name}" if number else f"({metrics['error']})"
+        lines.append(f"interrupted {how} after step {step} of {last}: " + (
+            f"run again with --output_dir {run_dir} to resume from {newest.name}" if newest else
+            f"no checkpoint was saved: run again with --output_dir {run_dir} to start afresh"))
+    return lines
 
 
 def read_json(path):

@@ -4,9 +4,11 @@ import json
 import os
 import socket
 import zipfile
+from dataclasses import fields
 from pathlib import Path
 
-from transformers import AutoConfig
+import transformers
+from transformers import AutoConfig, TrainerState
 
 from workshop.metrics import METRICS_FILE, SETTINGS_FILE, checkpoints, read_json
 from workshop.models import same_architecture
@@ -67,8 +69,22 @@ def check_checkpoint(folder, model_config, settings):
         if not (folder / tag).is_dir():
             raise ValueError(f"{folder / tag} is missing (DeepSpeed's model and optimizer states): "
                              f"{what_to_do}")
-    if read_json(folder / "trainer_state.json") is None:
+    state = read_json(folder / "trainer_state.json")
+    if not isinstance(state, dict):
         raise ValueError(f"{folder / 'trainer_state.json'} is damaged (cut short?): {what_to_do}")
+    known = {f.name: f.default for f in fields(TrainerState)}
+    unknown = sorted(set(state) - set(known))
+    wrong = [f"{k} is {json.dumps(v)[:40]}" for k, v in state.items() if k in known and (
+        k == "log_history" and not (isinstance(v, list) and all(isinstance(e, dict) for e in v))
+        or type(known[k]) in (int, float) and (isinstance(v, bool) or not isinstance(v, (int, float))))]
+    if wrong:
+        raise ValueError(f"{folder / 'trainer_state.json'} is damaged ({'; '.join(wrong)}): {what_to_do}")
+    if unknown:
+        wrote = (read_json(folder / "config.json") or {}).get("transformers_version", "another version")
+        raise ValueError(f"{folder / 'trainer_state.json'} has fields this transformers "
+                         f"{transformers.__version__} does not know ({', '.join(unknown)}): transformers "
+                         f"{wrote} wrote it; resume with that version (pip install "
+                         f"transformers=={wrote}), or {what_to_do}")
     for path in [*folder.glob("*.safetensors"), *folder.glob("*.pt"), *folder.glob("*.pth"),
                  *folder.glob("global_step*/*.pt")]:
         if not intact(path):
@@ -129,6 +145,10 @@ def take_lock(output_dir):
             return lock
         except FileExistsError:
             holder = read_json(lock) or {}
+        except OSError as e:  # made but not written (a full disk): not a lock to leave behind
+            lock.unlink(missing_ok=True)
+            raise ValueError(f"--output_dir {output_dir}: {LOCK_FILE} cannot be written there "
+                             f"({e.strerror}): free space there, or give another --output_dir") from None
         alive = holder.get("host") == me["host"] and _alive(holder.get("pid"))
         requeued = me["job"] is not None and holder.get("job") == me["job"]
         if alive and not requeued or holder.get("host") not in (None, me["host"]) and not requeued:

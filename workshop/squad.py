@@ -6,9 +6,10 @@ from pathlib import Path
 # Local file names tried for each split, in order.
 SPLIT_FILES = {"train": ["train.jsonl", "train.json", "train-v1.1.json"],
                "validation": ["validation.jsonl", "validation.json", "dev-v1.1.json"]}
-# Rows whose answer is not in their context teach the model to make answers up; a few are
-# tolerated (SQuAD's own annotations hold some), more means the file is not what it claims.
-MISPLACED_ANSWERS_ALLOWED = 0.01
+# Rows whose answer is not in their context teach the model to make answers up, rows without a
+# question to answer without one; a few are tolerated (SQuAD's own annotations hold some), more
+# means the file is not what it claims.
+CANNOT_TEACH_ALLOWED = 0.01
 
 
 def prompt(row):
@@ -46,54 +47,94 @@ def read_rows(path):
                 raise ValueError(f"{path} is not JSON or JSON lines (line {i}: {e.msg})") from None
         return rows
     if isinstance(data, dict) and "data" in data:  # nested SQuAD: articles > paragraphs > qas
-        return [dict(id=qa.get("id"), title=article.get("title", ""), context=paragraph["context"],
-                     question=qa["question"], answers=qa.get("answers"))
-                for article in data["data"] for paragraph in article["paragraphs"]
-                for qa in paragraph["qas"]]
-    return [data] if isinstance(data, dict) else data
+        try:
+            return [{"id": qa.get("id"), "title": article.get("title", ""),
+                     **{k: paragraph[k] for k in ["context"] if k in paragraph},
+                     **{k: qa[k] for k in ("question", "answers") if k in qa}}
+                    for article in data["data"] for paragraph in article["paragraphs"]
+                    for qa in paragraph["qas"]]
+        except (KeyError, TypeError, AttributeError) as e:
+            raise ValueError(f"{path} is not SQuAD's nested layout (data > paragraphs > qas; "
+                             f"{type(e).__name__} {e})") from None
+    if isinstance(data, dict):
+        return [data]
+    if not isinstance(data, list):
+        raise ValueError(f"{path} holds a JSON {type(data).__name__}, not rows: is this a SQuAD file?")
+    return data
 
 
 def answers_of(row):
-    """(texts, starts) of a row's answers in either layout: the hub's {"text": [...],
-    "answer_start": [...]}, or the original file's [{"text": ..., "answer_start": ...}, ...]."""
+    """(texts, starts) of a row's answers in any layout: the hub's {"text": [...],
+    "answer_start": [...]}, the original file's [{"text": ..., "answer_start": ...}, ...], or
+    one answer: {"text": "...", "answer_start": 12}, ["..."], "..."."""
     answers = row["answers"]
-    if isinstance(answers, list) and all(isinstance(a, dict) for a in answers):
-        return [a.get("text") for a in answers], [a.get("answer_start") for a in answers]
     if isinstance(answers, dict):
-        return answers.get("text") or [], answers.get("answer_start") or []
-    return [], []
+        texts, starts = answers.get("text"), answers.get("answer_start")
+    elif isinstance(answers, list) and all(isinstance(a, dict) for a in answers):
+        texts, starts = [a.get("text") for a in answers], [a.get("answer_start") for a in answers]
+    else:
+        texts, starts = answers, None
+    return as_list(texts), as_list(starts)
+
+
+def as_list(value):
+    return [] if value is None else list(value) if isinstance(value, (list, tuple)) else [value]
 
 
 def check_rows(rows, source):
-    """Every row needs a question, a context and a non-empty answer (the hub's layout is made
-    of the other); answers not found in their context are counted, and refused beyond
-    MISPLACED_ANSWERS_ALLOWED of the rows."""
-    misplaced, moved = [], []
+    """Every row needs a question and a context that are text, and a non-empty answer. Rows
+    that cannot teach what the prompt says (an answer not found in its context, an empty
+    question) are counted, said, and refused beyond CANNOT_TEACH_ALLOWED of the rows."""
+    misplaced, moved, unasked = [], [], []
     for i, row in enumerate(rows, start=1):
         if not isinstance(row, dict):
             raise ValueError(f"{source}: row {i} is not a JSON object; is this a SQuAD file?")
         for key in ("question", "context", "answers"):
             if key not in row:
                 raise ValueError(f"{source}: row {i} has no '{key}'; is this a SQuAD file?")
+        for key in ("question", "context"):
+            if not isinstance(row[key], str):
+                raise ValueError(f"{source}: row {i}'s '{key}' is {json.dumps(row[key])[:60]}, not "
+                                 f"text: every question and context must be a string")
         texts, starts = answers_of(row)
         if not texts or not all(isinstance(a, str) and a.strip() for a in texts):
             raise ValueError(f"{source}: row {i} has no answer text (answers: "
                              f"{json.dumps(row['answers'])[:80]})")
         row["answers"] = dict(text=texts, answer_start=starts)
+        if not row["question"].strip():
+            unasked.append(i)
         if not any(t in row["context"] for t in texts):
             misplaced.append(i)
         elif starts and not any(isinstance(s, int) and row["context"][s:s + len(t)] == t
                                 for t, s in zip(texts, starts)):
             moved.append(i)
-    if len(misplaced) > MISPLACED_ANSWERS_ALLOWED * len(rows):
-        raise ValueError(f"{source}: {len(misplaced)} of {len(rows)} rows have an answer that is not "
-                         f"in their context (rows {', '.join(map(str, misplaced[:5]))}"
-                         f"{', ...' if len(misplaced) > 5 else ''}): is the answer in the right field?")
-    for found, what in ((misplaced, "an answer not found in their context"),
+    for found, what, hint in (
+            (unasked, "an empty question", "is the question in another field?"),
+            (misplaced, "an answer that is not in their context", "is the answer in the right field?")):
+        if len(found) > CANNOT_TEACH_ALLOWED * len(rows):
+            raise ValueError(f"{source}: {'every row has' if len(found) == len(rows) else f'{len(found)} of {len(rows)} rows have'} "
+                             f"{what} (rows {listing(found)}): {hint}")
+    for found, what in ((unasked, "an empty question"), (misplaced, "an answer not found in their context"),
                         (moved, "an answer_start that does not point at the answer")):
         if found:  # the prompt uses the answer's text only: said, trained on as they are
-            print(f"{source}: {len(found)} of {len(rows)} rows have {what} (rows "
-                  f"{', '.join(map(str, found[:5]))}{', ...' if len(found) > 5 else ''})")
+            print(f"{source}: {len(found)} of {len(rows)} rows have {what} (rows {listing(found)})")
+
+
+def listing(rows):
+    return f"{', '.join(map(str, rows[:5]))}{', ...' if len(rows) > 5 else ''}"
+
+
+def shared_rows(train_ids, validation_ids):
+    """How many validation rows are train rows too (the same tokens: question, context, answer)."""
+    train = set(map(tuple, train_ids))
+    return sum(tuple(ids) in train for ids in validation_ids)
+
+
+def memorised(count, total):
+    """What an eval loss measures when `count` of the `total` validation rows are train rows."""
+    return (f"{count} of {total} validation rows are train rows too (the same question, context "
+            f"and answer): their eval loss measures what the model remembers, not how it answers "
+            f"new questions; give validation rows it does not train on")
 
 
 def not_here(name, what):
