@@ -34,9 +34,9 @@ os.environ.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALL
 # The files that take longest, first: with `--dist loadfile --no-loadscope-reorder` pytest's
 # workers take whole files in collection order, so the long ones start at once and the short
 # ones fill in after them.
-LONGEST_FIRST = ["test_slurm_two_nodes.py", "test_slurm_one_node.py", "test_stages.py",
-                 "test_resume.py", "test_bad_input.py", "test_mistakes.py", "test_tables.py",
-                 "test_fast_path.py"]
+LONGEST_FIRST = ["test_slurm_one_node.py", "test_slurm_two_nodes.py", "test_stages.py",
+                 "test_families.py", "test_resume.py", "test_mistakes.py", "test_bad_input.py",
+                 "test_fast_path.py", "test_plan.py", "test_tables.py", "test_docs.py"]
 
 
 def pytest_collection_modifyitems(items):
@@ -133,7 +133,6 @@ RUNS = {  # name: (stage, deepspeed ranks or None, extra train.py arguments)
     "zero3": ("deepspeed-single-gpu", 1, ["--deepspeed", "ds_zero3.json"]),
     "zero2_offload": ("deepspeed-single-gpu", 1, ["--deepspeed", "ds_zero2_offload.json"]),
     "zero3_offload": ("deepspeed-single-gpu", 1, ["--deepspeed", "ds_zero3_offload.json"]),
-    "zero2_2ranks": ("deepspeed-multi-gpu", 2, ["--deepspeed", "ds_zero2.json"]),
     "zero3_2ranks": ("deepspeed-multi-gpu", 2, ["--deepspeed", "ds_zero3.json"]),
     "zero3_offload_2ranks": ("deepspeed-multi-gpu", 2, ["--deepspeed", "ds_zero3_offload.json"]),
     # the fast path in the workshop's sample order (only the batching differs) and grouped by length
@@ -141,9 +140,8 @@ RUNS = {  # name: (stage, deepspeed ranks or None, extra train.py arguments)
     "fast": ("baseline", None, FAST),
     "zero2_fast_same_order": ("deepspeed-single-gpu", 1, ["--deepspeed", "ds_zero2.json"] + FAST
                               + ["--train_sampling_strategy", "random"]),
-    # and with its blocks and loss compiled (on a GPU the fast path's default)
-    "fast_compiled_same_order": ("baseline", None, FAST + [
-        "--compile_blocks", "True", "--train_sampling_strategy", "random"]),
+    # and with its blocks and loss compiled (on a GPU the fast path's default; without DeepSpeed:
+    # tests/test_fast_path.py)
     "zero2_fast_compiled_same_order": ("deepspeed-single-gpu", 1, ["--deepspeed", "ds_zero2.json"]
                                        + FAST + ["--compile_blocks", "True",
                                                  "--train_sampling_strategy", "random"]),

@@ -542,16 +542,6 @@ def test_fast_path_on_a_family_it_does_not_know(tiny, tmp_path):
                               "--fast_path True", "granite", "drop --fast_path")
 
 
-def test_deepspeed_config_that_deepspeed_itself_refuses(tiny, tmp_path):
-    """Before: DeepSpeed's assertion traceback once the model had loaded."""
-    config = json.loads((ROOT / "deepspeed-single-gpu" / "ds_zero2_offload.json").read_text())
-    config["zero_optimization"]["offload_optimizer"]["device"] = "gpu"
-    path = tmp_path / "offload-gpu.json"
-    path.write_text(json.dumps(config))
-    assert_refused(train("deepspeed-single-gpu", tiny, tmp_path, "--deepspeed", str(path), launcher=True),
-                   "offload-gpu.json", "DeepSpeed refuses it", "'cpu' or 'nvme'")
-
-
 def test_a_length_whose_memory_the_machine_cannot_give(tiny, tmp_path):
     """Before: the allocator's "can't allocate 40000000000 bytes" traceback mid-step."""
     assert_refused(train("baseline", tiny, tmp_path, max_length=60000, num_train_epochs=1),

@@ -4,8 +4,11 @@ them out, plus nvidia-smi CSVs and host memory logs (no GPU here), runs that fai
 or were killed, and the published H100 runs (schema version 1). Every number the tool prints
 is checked against one computed here from the raw files; the Trainer's printed dicts are
 removed from the job logs first: the tool reads only what docs/metrics.md documents."""
+import contextlib
 import csv
 import importlib
+import io
+import os
 import json
 import re
 import shutil
@@ -37,9 +40,27 @@ LAUNCHER_END = (  # what DeepSpeed's launcher prints after a rank failed
     "'--local_rank=0'] exits with return code = 1\n")
 
 
-def tool(*args, cwd, env=None):
-    return subprocess.run([sys.executable, str(TOOL), *map(str, args)], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=120)
+def tool(*args, cwd):
+    """tools/tables.py run from `cwd` with these arguments, in this process (its main(), as its
+    command line calls it): the exit status, stdout and stderr, as a subprocess would give them."""
+    tables = tools_module("tables")
+    out, err = io.StringIO(), io.StringIO()
+    saved = os.getcwd(), sys.argv
+    os.chdir(cwd)
+    sys.argv = [str(TOOL), *map(str, args)]
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                tables.main(sys.argv[1:])
+                code = 0
+            except SystemExit as e:  # sys.exit("message"): the message on stderr, status 1
+                code = e.code if isinstance(e.code, int) else 0 if e.code is None else 1
+                if isinstance(e.code, str):
+                    print(e.code, file=sys.stderr)
+    finally:
+        os.chdir(saved[0])
+        sys.argv = saved[1]
+    return subprocess.CompletedProcess(sys.argv, code, out.getvalue(), err.getvalue())
 
 
 def tools_module(name):
