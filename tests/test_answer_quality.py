@@ -58,7 +58,7 @@ def same_answer_data(tiny, tmp_path_factory):
 def test_fine_tuning_teaches_the_answer_and_the_saved_folder_scores_the_same(tiny, same_answer_data, tmp_path):
     out = tmp_path / "run"
     args = tiny_args(tiny, dataset_name_or_path=same_answer_data, train_samples=64, eval_samples=8,
-                     max_length=160, num_train_epochs=20, output_dir=out)
+                     max_length=160, num_train_epochs=12, output_dir=out)
     proc = subprocess.run([sys.executable, "train.py", *args], cwd=ROOT / "baseline",
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -16,7 +16,7 @@ from conftest import ROOT
 
 from workshop import memory_plan as plan
 from workshop.memory_plan import SIDECARS, unrecorded
-from workshop.models import BLOOM, architecture
+from workshop.models import BLOOM, architecture, hub_id
 from workshop.step_trace import traced_step
 
 sys.path.insert(0, str(ROOT / "tools"))
@@ -398,15 +398,18 @@ def test_a_model_folder_goes_into_the_sbatch_line_as_its_path(tiny, capsys):
     assert commands[commands.index("--model_name_or_path") + 1] == str((tiny / "model").resolve())
 
 
-def test_the_plan_of_another_family_by_its_name(capsys):
-    """A named size of another family: the plan replays its step, recommends, and says where to
-    fetch it."""
-    plan_cli.main(["qwen2.5-0.5b", "--gpu", "A100-40GB"])
+def test_the_plan_of_another_family(capsys, tmp_path):
+    """Another family's model folder: the plan replays its step, recommends, and the sbatch
+    line takes the folder; a named size names the hub id tools/prepare.py fetches."""
+    sys.path.insert(0, str(ROOT / "tools"))
+    from make_tiny import tiny_model
+    tiny_model("qwen2").config.save_pretrained(tmp_path / "qwen2")
+    plan_cli.main([str(tmp_path / "qwen2"), "--max_length", "64"])
     out = capsys.readouterr().out
-    assert out.startswith("Plan for qwen2.5-0.5b: 0.49e9 parameters (24 layers, hidden 896")
-    assert "Recommended: " in out
-    if not (ROOT / "prepared" / "model").is_dir():
-        assert "python tools/prepare.py --model_name_or_path Qwen/Qwen2.5-0.5B" in out
+    assert out.startswith(f"Plan for {tmp_path / 'qwen2'}: 0.00e9 parameters (2 layers, hidden 64")
+    assert "Recommended: " in out and f"--model_name_or_path {tmp_path / 'qwen2'}" in out
+    assert [hub_id(name) for name in ("qwen2.5-0.5b", "Llama-3.2-1B", "bloom-560m", "org/model")] == [
+        "Qwen/Qwen2.5-0.5B", "meta-llama/Llama-3.2-1B", "bigscience/bloom-560m", "org/model"]
 
 
 @pytest.mark.parametrize("config, says", [
