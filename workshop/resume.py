@@ -10,7 +10,7 @@ from pathlib import Path
 import transformers
 from transformers import AutoConfig, TrainerState
 
-from workshop.metrics import METRICS_FILE, SETTINGS_FILE, checkpoints, read_json
+from workshop.metrics import METRICS_FILE, SETTINGS_FILE, checkpoints, newest_checkpoint, read_json
 from workshop.models import same_architecture
 
 LOCK_FILE = ".run-lock"  # one run at a time in an output folder
@@ -119,12 +119,12 @@ def resume_point(output_dir, asked, model_config, settings):
                              f"checkpoint: give one of its checkpoint-N folders")
         check_checkpoint(folder, model_config, settings)
         return str(folder)
+    newest = newest_checkpoint(output_dir)
     for folder in reversed(checkpoints(output_dir)):
-        if not (folder / "trainer_state.json").is_file():
-            print(f"skipping incomplete checkpoint {folder}")
-            continue
-        check_checkpoint(folder, model_config, settings)
-        return str(folder)
+        if folder == newest:
+            check_checkpoint(folder, model_config, settings)
+            return str(folder)
+        print(f"skipping incomplete checkpoint {folder}")
     if asked is not None:
         raise ValueError(f"--resume_from_checkpoint {asked}: {output_dir} holds no complete "
                          f"checkpoint to resume from; leave the option out to start afresh")

@@ -26,6 +26,7 @@ import time
 import traceback
 from pathlib import Path
 
+import psutil
 import torch
 import torch.distributed as dist
 from transformers import AutoConfig, TrainerCallback
@@ -33,8 +34,8 @@ from transformers import AutoConfig, TrainerCallback
 from workshop.callbacks import (AnswerQualityBeforeTraining, Checkpoints, Clock, StepProfiler, gather,
                                 is_distributed)
 from workshop.checks import deepspeed_refusal
-from workshop.metrics import (METRICS_FILE, SCHEMA_VERSION, SETTINGS_FILE, STOPPED_TO_RESUME, checkpoints,
-                              newest_checkpoint, summary_lines)
+from workshop.metrics import (METRICS_FILE, SCHEMA_VERSION, SETTINGS_FILE, STOPPED_TO_RESUME, checkpoint_step,
+                              checkpoints, is_complete, mib, newest_checkpoint, summary_lines)
 from workshop.models import describe
 from workshop.resume import resume_point, run_settings, take_lock
 from workshop.squad import memorised, shared_rows
@@ -45,7 +46,6 @@ def job_started_at():
     else this process's start."""
     if "JOB_STARTED_AT" in os.environ:
         return float(os.environ["JOB_STARTED_AT"])
-    import psutil
     return psutil.Process().create_time()
 
 
@@ -146,7 +146,7 @@ def check_memory(args, training_args, deepspeed, settings, longest):
     if cuda:
         need, capacity = plan["gpu_mib"], torch.cuda.get_device_properties(training_args.device).total_memory / 2**20
     else:  # the CPU's tensors and the process itself share the host's memory
-        need, capacity = plan["gpu_mib"] + plan["host_mib"], os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**20
+        need, capacity = plan["gpu_mib"] + plan["host_mib"], psutil.virtual_memory().total / 2**20
     if fits(need, capacity, gpu=cuda) == "no":
         where = "this GPU's" if cuda else "this machine's"
         raise ValueError(
@@ -155,10 +155,6 @@ def check_memory(args, training_args, deepspeed, settings, longest):
             f"{plan['phase']}), above {where} {capacity:,.0f} MiB: lower --max_length or "
             f"--per_device_train_batch_size, or see what fits with `python tools/plan.py "
             f"{args.model_name_or_path}`")
-
-
-def mib(n_bytes):
-    return f"{n_bytes / 2**20:,.0f} MiB" if n_bytes >= 10 * 2**20 else f"{n_bytes / 2**20:.1f} MiB"
 
 
 def check_free_space(args, training_args, deepspeed, settings):
@@ -351,7 +347,7 @@ class Run(TrainerCallback):
             else Path(filename).parent
         if self.training_args.process_index == 0 and self.checkpoints_before is not None:
             for cut in set(checkpoints(output_dir)) - self.checkpoints_before:
-                if not (cut / "trainer_state.json").is_file():
+                if not is_complete(cut):
                     shutil.rmtree(cut, ignore_errors=True)
         place = next((p for p in (folder, *folder.parents) if p.exists()), Path("/"))
         said = (f"no space left on the disk of {folder}{' while saving the model' if self.saving_model else ''} "
@@ -399,7 +395,7 @@ class Run(TrainerCallback):
             # first use (make setup builds it): loaded here so that a build counts as compiling
             load_op("CPUAdamBuilder", self.clock)
         if resume_from:
-            print(f"resuming from {resume_from} (step {int(resume_from.rstrip('/').rsplit('-', 1)[1])})")
+            print(f"resuming from {resume_from} (step {checkpoint_step(resume_from)})")
         return resume_from
 
     def callbacks(self, tokenizer, data):
@@ -542,7 +538,7 @@ class Run(TrainerCallback):
             peak_host_rss_mib=per_rank(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
             gpu=torch.cuda.get_device_name() if cuda else None,
             gpu_memory_mib=torch.cuda.get_device_properties(0).total_memory / 2**20 if cuda else None,
-            host_memory_mib=os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**20,
+            host_memory_mib=psutil.virtual_memory().total / 2**20,
             versions=versions(),
             job_started_at=time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(self.started)),
             wall_seconds=wall, time_seconds=parts,
