@@ -11,7 +11,7 @@ exit status) comes from the workshop package (workshop/run.py), around the lesso
 from transformers import DataCollatorForSeq2Seq, Trainer, default_data_collator, set_seed
 
 from config import parse_args, training_arguments
-from data_loader import build_datasets
+from data_loader import IGNORE_INDEX, build_datasets
 from model import load_model
 from workshop.answers import answer_quality
 from workshop.run import Run
@@ -32,9 +32,9 @@ def main():
             enable_fast_path(model, compiled=args.compile_blocks)
 
         # 3. Data: `Question: ... Context: ... Answer: ...` texts, labels -100 on the padding.
-        data = build_datasets(args, tokenizer)
+        data = build_datasets(args, tokenizer, training_args)
         collator = (default_data_collator if args.pad_to_max_length else DataCollatorForSeq2Seq(
-            tokenizer, label_pad_token_id=-100, pad_to_multiple_of=args.length_multiple))
+            tokenizer, label_pad_token_id=IGNORE_INDEX, pad_to_multiple_of=args.length_multiple))
 
         # 4. The Trainer, with the callbacks that time the run and write its checkpoints.
         trainer = Trainer(model=model, args=training_args, train_dataset=data.train,

@@ -148,9 +148,9 @@ out, model_dir, data = sys.argv[1:4]
 model, tokenizer = load_model(model_dir)
 args = WorkshopArguments(model_name_or_path=model_dir, dataset_name_or_path=data,
                          train_samples=32, eval_samples=8, max_length=64)
-eval_dataset = build_datasets(args, tokenizer).validation
-trainer = Trainer(model=model, args=TrainingArguments(out, use_cpu=True, report_to="none",
-                  per_device_eval_batch_size=4), eval_dataset=eval_dataset,
+training_args = TrainingArguments(out, use_cpu=True, report_to="none", per_device_eval_batch_size=4)
+eval_dataset = build_datasets(args, tokenizer, training_args).validation
+trainer = Trainer(model=model, args=training_args, eval_dataset=eval_dataset,
                   data_collator=default_data_collator)
 print(json.dumps(trainer.evaluate()))
 """
