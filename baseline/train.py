@@ -1,7 +1,7 @@
 """Fine-tune BLOOM (or your own causal LM: --model_name_or_path) on SQuAD with the HF Trainer;
 with DeepSpeed when a config is named.
 
-    python train.py                                  # the workshop's settings (config.py)
+    python train.py                                  # the settings of config.py
     deepspeed --num_gpus 1 train.py --deepspeed ds_zero2.json
 
 Top to bottom: arguments, model, data, Trainer, train, save, answers. Run again into the same
@@ -10,18 +10,18 @@ exit status) comes from the workshop package (workshop/run.py), around the lesso
 """
 from transformers import DataCollatorForSeq2Seq, Trainer, default_data_collator, set_seed
 
-from config import parse_args, training_arguments
+from config import Settings
 from data_loader import IGNORE_INDEX, build_datasets
 from model import load_model
 from workshop.answers import answer_quality
+from workshop.arguments import parse_args
 from workshop.run import Run
 
 
 def main():
     with Run() as run:  # however the run ends: run_metrics.json, and the exit status the job reads
-        # 1. Arguments: the workshop's defaults, the fast path's, then the command line.
-        args, settings, deepspeed = parse_args()
-        training_args = training_arguments(settings)  # with DeepSpeed, the processes meet here
+        # 1. Arguments: config.py's settings under the command line; with DeepSpeed the processes meet here.
+        args, training_args, deepspeed = parse_args(Settings, clock=run.clock)
         resume_from = run.begin(args, training_args, deepspeed)  # refuses what cannot resume
 
         # 2. Model and tokenizer, built on the device they train on.

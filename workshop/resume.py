@@ -1,5 +1,6 @@
 """Resuming safely: the settings a resumed run must share, the checks of a checkpoint before it
-is resumed, and one run at a time in an output folder (workshop/run.py calls them)."""
+is resumed, and one run at a time in an output folder (workshop/run.py and
+workshop/output_folder.py call them)."""
 import json
 import os
 import socket
@@ -12,6 +13,7 @@ from transformers import AutoConfig, TrainerState
 
 from workshop.metrics import METRICS_FILE, SETTINGS_FILE, checkpoints, newest_checkpoint, read_json
 from workshop.models import same_architecture
+from workshop.settings import precision_of
 
 LOCK_FILE = ".run-lock"  # one run at a time in an output folder
 # Settings a resumed run must share with the run it continues (the rest may change).
@@ -24,8 +26,8 @@ RESUME_SETTINGS = ("model_name_or_path", "random_weights", "dataset_name_or_path
 
 def run_settings(args, training_args, deepspeed):
     """The settings that decide what a run computes (RESUME_SETTINGS), as a dict."""
-    values = {**vars(args), **training_args.to_dict(),
-              "precision": "bf16" if training_args.bf16 else "fp16" if training_args.fp16 else "fp32",
+    trainer = training_args.to_dict()
+    values = {**vars(args), **trainer, "precision": precision_of(trainer),
               "world_size": training_args.world_size, "zero_stage": deepspeed.stage,
               "offload_optimizer": deepspeed.offload("optimizer"),
               "offload_param": deepspeed.offload("param")}

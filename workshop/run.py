@@ -79,50 +79,6 @@ def environment_key():
     return f"{Path(sys.prefix).name}-{hashlib.sha1(sys.prefix.encode()).hexdigest()[:8]}"
 
 
-def load_op(name, clock=None):
-    """Load one of DeepSpeed's ops with this environment's build tools, building it only where
-    it is not built for them (said first, on one line, with why and how long it takes, and
-    counted as compiling on the run's clock); a failed build ends with its cause, not the
-    compiler's command."""
-    from deepspeed.accelerator import get_accelerator
-    from workshop.build_ops import environment_tools, expected_seconds, pending, record_time
-    environment_tools()
-    builder = get_accelerator().create_op_builder(name)
-    folder = Path(os.environ.get("TORCH_EXTENSIONS_DIR", "."))
-    why, started = pending(builder), time.time()
-    if why:
-        print(f"building DeepSpeed's {builder.NAME} op into {folder} ({why}): {expected_seconds(builder)}, "
-              f"once per environment (make setup builds it beforehand: python -m workshop.build_ops)", flush=True)
-    try:
-        with clock.timing("compiling") if why and clock else contextlib.nullcontext():
-            loaded = builder.load(verbose=False)
-    except Exception as e:  # the compiler's own lines are above; its cause, in one line:
-        # TMPDIR as the compiler reads it (tempfile.gettempdir() passes over a full one)
-        places = {folder, Path(os.environ.get("TMPDIR", "/tmp"))}
-        free = {p: shutil.disk_usage(p).free for p in places if p.exists()}
-        full = [f"{p} has {n // 2**20} MiB free" for p, n in free.items() if n < 200 * 2**20]
-        cause = (f"{'; '.join(full)}: No space left on device" if full else
-                 (str(e).strip().splitlines() or [type(e).__name__])[-1][:200])
-        raise OSError(f"building DeepSpeed's op {builder.NAME} failed (free space or point TMPDIR "
-                      f"and COMPILE_CACHE elsewhere, then python -m workshop.build_ops): {cause}") from None
-    if why:
-        with contextlib.suppress(OSError):
-            record_time(builder, time.time() - started)
-    return loaded
-
-
-def start_cpu_ranks(timeout_seconds):
-    """DeepSpeed's ranks on the CPU (the demo, the tests): its CPU accelerator on gloo (it would
-    ask for oneCCL, HF for NCCL), started before HF's TrainingArguments, which then take it.
-    Returns the TrainingArguments settings that go with it."""
-    import datetime
-    os.environ.setdefault("DS_ACCELERATOR", "cpu")
-    load_op("ShareMemCommBuilder")  # DeepSpeed loads it as it starts: said here if it builds
-    import deepspeed
-    deepspeed.init_distributed(dist_backend="gloo", timeout=datetime.timedelta(seconds=timeout_seconds))
-    return dict(ddp_backend="gloo")
-
-
 def check_memory(args, training_args, deepspeed, settings, longest):
     """Refuse, before training, a run whose peak the memory plan (workshop/memory_plan.py)
     puts above what this device can give: the GPU's memory, or the host's on the CPU."""
@@ -391,9 +347,6 @@ class Run(TrainerCallback):
         if training_args.process_index == 0:
             self.made_output_dir = not Path(training_args.output_dir).exists()
             self.lock = take_lock(training_args.output_dir)
-        if deepspeed.offload("optimizer") == "cpu":  # DeepSpeed's CPU Adam, a C++ op compiled on
-            # first use (make setup builds it): loaded here so that a build counts as compiling
-            load_op("CPUAdamBuilder", self.clock)
         if resume_from:
             print(f"resuming from {resume_from} (step {checkpoint_step(resume_from)})")
         return resume_from
