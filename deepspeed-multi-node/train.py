@@ -15,7 +15,7 @@ from data_loader import IGNORE_INDEX, build_datasets
 from model import load_model
 from workshop.answers import answer_quality
 from workshop.arguments import parse_args
-from workshop.run import Run
+from workshop.run import Run, leave
 
 
 def main():
@@ -41,24 +41,24 @@ def main():
                           eval_dataset=data.validation, processing_class=tokenizer,
                           data_collator=collator, callbacks=run.callbacks(tokenizer, data))
 
-        # 5. Train.
+        # 5. Train. Stopped on request (the time limit's warning), it has saved a checkpoint and
+        # ends here: the job requeues it, to resume from that checkpoint.
         trainer.train(resume_from_checkpoint=resume_from)
-        if run.stopped_to_resume:  # saved on request (the time limit's warning): the job requeues
-            return
+        if not run.stopped_to_resume:
+            # 6. Save the model: a folder that from_pretrained reloads.
+            with run.timing("final_save"):
+                if args.save_model:
+                    trainer.save_model(training_args.output_dir)  # and the tokenizer; ZeRO-3 gathers first
+                trainer.save_state()  # trainer_state.json: the log history of every step, for plots
 
-        # 6. Save the model: a folder that from_pretrained reloads.
-        with run.timing("final_save"):
-            if args.save_model:
-                trainer.save_model(training_args.output_dir)  # and the tokenizer; ZeRO-3 gathers first
-            trainer.save_state()  # trainer_state.json: the log history of every step, for plots
-
-        # 7. Did it learn to answer? (every rank: under ZeRO-3 they generate together)
-        if args.answer_quality:
-            with run.timing("answer_generation"):
-                scores, answers = answer_quality(trainer.model, tokenizer, data.questions,
-                                                 args.max_length, training_args.device)
-            run.record_answers(data.questions, answers, scores)
+            # 7. Did it learn to answer? (every rank: under ZeRO-3 they generate together)
+            if args.answer_quality:
+                with run.timing("answer_generation"):
+                    scores, answers = answer_quality(trainer.model, tokenizer, data.questions,
+                                                     args.max_length, training_args.device)
+                run.record_answers(data.questions, answers, scores)
+    return run.exit_status
 
 
 if __name__ == "__main__":
-    main()
+    leave(main())  # with several ranks, together, after the others have finished

@@ -1,5 +1,5 @@
 """Build DeepSpeed's C++ ops that this machine's runs load, once, into the compile cache of this
-Python environment (workshop.run.use_compile_caches), so that no job or test builds one:
+Python environment (workshop/compile_cache.py), so that no job or test builds one:
 
     python -m workshop.build_ops        # make setup runs it
 
@@ -104,7 +104,7 @@ def load_op(name, clock=None):
 
 
 def main():
-    from workshop.run import use_compile_caches
+    from workshop.compile_cache import use_compile_caches
     use_compile_caches()
     environment_tools()
     import torch
