@@ -5,7 +5,8 @@
 [ -f train.py ] || { echo "error: no train.py in $PWD: submit the job from the repository (sbatch baseline/baseline.slurm)" >&2; exit 1; }
 HOST=$(hostname -s)
 # The exit status of a run stopped to be resumed, and the files that ask train.py to stop: the package's
-NAMES=$(python -m workshop.job names) && eval "$NAMES"  # STOPPED_TO_RESUME, SAVE_AND_STOP_FILE, STOP_WITHOUT_SAVING_FILE
+NAMES=$(python -m workshop.job names)
+eval "$NAMES"  # STOPPED_TO_RESUME, SAVE_AND_STOP_FILE, STOP_WITHOUT_SAVING_FILE
 MAX_RESTARTS=${MAX_RESTARTS:-3}  # CLUSTER: requeues after a lost node or rank, each resuming from the last checkpoint
 LOGGERS=() TRAIN_PID= STATUS= ENDING= PREEMPTED= JOB_SHELL= REQUEUED=
 # Background loggers end with the job, however it ends (success, failure, scancel, Ctrl-C).
