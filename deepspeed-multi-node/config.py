@@ -1,96 +1,53 @@
-"""Every setting of a run: the workshop's values (workshop/settings.py, each with why as its
---help text), changed on the command line, e.g.
-    python train.py --num_train_epochs 1 --train_samples 100
-(`python train.py --help` lists them all: these and every HF TrainingArguments option).
+"""The run's settings: every value you change for a run, each with why (its --help text).
+Change one here, or for one run on the command line:
 
-Defaults come in layers, merged as data under what the command line gives, in any spelling
-argparse accepts (an abbreviation, `--opt=value`): the workshop's, then the fast path's
-(`--fast_path True`), then what this machine's GPU can do.
+    python train.py --learning_rate 1e-4 --num_train_epochs 1
+
+`python train.py --help` lists these, the workshop's own options (the fast path, checkpoints
+by time: workshop/settings.py) and every option of HF's TrainingArguments. On the CPU the run
+trains in fp32; the fast path (--fast_path True) changes the batch, the padding and the
+precision where the command line does not (README: Making it fast).
 """
-import os
-import sys
-from dataclasses import MISSING, fields
-from datetime import timedelta
-from types import SimpleNamespace
+from dataclasses import dataclass
 
-import torch
-from transformers import TrainingArguments
-
-from workshop.checks import Parser, check_deepspeed_config, check_values
-from workshop.deepspeed_config import read_deepspeed_config
-from workshop.run import start_cpu_ranks
-from workshop.settings import (COMPILED_LENGTH_MULTIPLE, FAST_PATH, LENGTH_MULTIPLE,
-                               TRAINING_DEFAULTS, WorkshopArguments, compiling_pays)
+from workshop.settings import setting
 
 DEEPSPEED_CONFIG = "ds_config.json"  # the DeepSpeed stages name their ZeRO config (--deepspeed ds_zero2.json)
 
 
-def device_defaults(asked, zero_stage):
-    """What this machine's device changes in the defaults (reads the device, sets nothing up).
-
-    A GPU job that sees no GPU is a broken install or a wrong partition, so it stops, unless
-    the CPU was asked for (the CPU demo and the tests); the CPU trains in fp32."""
-    if asked.use_cpu:
-        print("notice: --use_cpu: fp16/bf16 are off, this run trains in fp32 on the CPU", file=sys.stderr)
-        return dict(fp16=False, bf16=False, compile_blocks=False)
-    if not torch.cuda.is_available():
-        raise ValueError(
-            "no CUDA GPU is visible (torch.cuda.is_available() is False; torch "
-            f"{torch.__version__}, CUDA {torch.version.cuda}): check that the job asked for a GPU "
-            "(--gres=gpu:1 or --gpus=1, a GPU partition), that `nvidia-smi` works on the node and "
-            "that the environment has a CUDA build of torch; to train on the CPU on purpose "
-            "add --use_cpu True")
-    if asked.fp16 and torch.cuda.get_device_capability() < (6, 0):
-        raise ValueError(f"fp16 needs a GPU of compute capability 6.0 or newer; "
-                         f"{torch.cuda.get_device_name()} has "
-                         f"{'.'.join(map(str, torch.cuda.get_device_capability()))}: use --fp16 False")
-    defaults = {}
-    if asked.bf16 and not torch.cuda.is_bf16_supported():
-        print(f"notice: {torch.cuda.get_device_name()} has no bf16: fp16 instead", file=sys.stderr)
-        defaults.update(bf16=False, fp16=True)
-    if asked.fast_path and asked.compile_blocks is None:
-        defaults["compile_blocks"] = compiling_pays(
-            zero_stage, asked.per_device_train_batch_size, asked.gradient_accumulation_steps,
-            asked.train_samples, asked.num_train_epochs, asked.max_steps,
-            int(os.environ.get("WORLD_SIZE", 1)))
-    return defaults
-
-
-def parse_args(argv=None):
-    """(WorkshopArguments, the TrainingArguments settings as a dict, the DeepSpeed config):
-    the command line parsed once, over the layered defaults; every value checked. Nothing is
-    set up: training_arguments() below starts the run's processes."""
-    parser = Parser((WorkshopArguments, TrainingArguments))
-    given = parser.given(argv)
-    every = {f.name: f.default if f.default_factory is MISSING else f.default_factory()
-             for cls in (WorkshopArguments, TrainingArguments) for f in fields(cls)
-             if f.init and (f.default, f.default_factory) != (MISSING, MISSING)}  # dataclasses' own
-    layers = {**every, **TRAINING_DEFAULTS, "deepspeed": DEEPSPEED_CONFIG}
-    if given.get("fast_path", False):
-        layers.update(FAST_PATH)
-    if given.get("bf16"):
-        layers["fp16"] = False  # asking for bf16 replaces the workshop's fp16
-    deepspeed = read_deepspeed_config({**layers, **given}["deepspeed"])
-    layers.update(device_defaults(SimpleNamespace(**{**layers, **given}), deepspeed.stage))
-    asked = SimpleNamespace(**{**layers, **given})
-    if asked.length_multiple is None:
-        asked.length_multiple = COMPILED_LENGTH_MULTIPLE if asked.compile_blocks else LENGTH_MULTIPLE
-    check_values(asked, deepspeed)
-    workshop = {f.name for f in fields(WorkshopArguments)}
-    return (WorkshopArguments(**{k: v for k, v in vars(asked).items() if k in workshop}),
-            {k: v for k, v in vars(asked).items() if k not in workshop}, deepspeed)
-
-
-def training_arguments(settings):
-    """HF's TrainingArguments, and with them the run's processes meeting: the one place where
-    the distributed setup happens."""
-    # --ddp_timeout for every collective: HF gives it to the default process group only, and
-    # DeepSpeed's ZeRO-0/1/2 make their groups without one (torch's default then: 30 minutes
-    # for gloo, 10 for NCCL), so a lost node would hang the job that long.
-    import torch.distributed.distributed_c10d as c10d
-    c10d.default_pg_timeout = c10d.default_pg_nccl_timeout = timedelta(seconds=settings["ddp_timeout"])
-    if settings["use_cpu"] and settings["deepspeed"]:  # DeepSpeed's ranks on gloo
-        settings = {**settings, **start_cpu_ranks(settings["ddp_timeout"])}
-    training_args = TrainingArguments(**settings)  # with a DeepSpeed config: the process group
-    check_deepspeed_config(training_args)  # as HF filled in its "auto" values from the settings
-    return training_args
+@dataclass
+class Settings:
+    # What is trained, on what
+    model_name_or_path: str = setting(
+        "bigscience/bloom-560m", "hub id, or a local folder with config.json (prepared/model on "
+        "offline nodes: tools/prepare.py)")
+    dataset_name_or_path: str = setting(
+        "squad", "hub id, or a local folder holding a train and a validation file (JSON lines, "
+        "a JSON list of rows, or SQuAD's own train-v1.1.json / dev-v1.1.json)")
+    train_samples: int = setting(500, "the first rows of the train split: small enough for a workshop hour")
+    eval_samples: int = setting(50, "the first rows of the validation split, for eval loss and answers")
+    max_length: int = setting(
+        512, "tokens per example; SQuAD prompts average ~220 tokens with BLOOM's tokenizer, and "
+        "longer ones lose the end of their context (question and answer are kept whole)")
+    pad_to_max_length: bool = setting(
+        True, "pad every sequence to max_length, as the workshop does (the fast path pads each "
+        "batch to its longest sequence instead)")
+    # How it trains (HF TrainingArguments' names)
+    per_device_train_batch_size: int = setting(
+        4, "sequences per GPU in each forward and backward pass: what fits beside a 560M model")
+    gradient_accumulation_steps: int = setting(
+        4, "micro-batches whose gradients add up to one optimizer step: 4 x 4 = 16 sequences per "
+        "step on each GPU, a batch larger than fits at once")
+    per_device_eval_batch_size: int = setting(4, "sequences per GPU in each evaluation pass")
+    num_train_epochs: float = setting(
+        3, "passes over the train rows: enough to see 500 examples overfit (the eval loss rises)")
+    learning_rate: float = setting(
+        5e-5, "AdamW's step size at its peak (it decays linearly to 0): small, as fine-tuning a "
+        "trained model wants")
+    weight_decay: float = setting(0.01, "AdamW's decoupled weight decay: a little regularisation")
+    fp16: bool = setting(
+        True, "mixed precision on the GPU: 16-bit matmuls with fp32 master weights, about half the "
+        "activation memory (--bf16 True instead where the GPU has it)")
+    deepspeed: str | None = setting(
+        DEEPSPEED_CONFIG, "DeepSpeed's JSON config, which chooses the ZeRO stage and offload (the "
+        "stage folder's ds_zero*.json); none: the Trainer alone")

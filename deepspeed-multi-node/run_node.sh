@@ -20,8 +20,8 @@ fi
 # The launcher of this node: node rank from srun, all nodes and their slots from the hostfile.
 launch deepspeed --hostfile "$HOSTFILE" --no_ssh --node_rank "${SLURM_NODEID:-0}" \
   --master_addr "$MASTER_ADDR" --master_port "$MASTER_PORT" "$@"
-# Stopped on request (75), every node after the same step: the other nodes' launchers get 10 s
-# to see it too (a busy node's take seconds), before srun stops them (for --kill-on-bad-exit, 75
-# is a bad exit).
-if [ "$STATUS" -eq 75 ]; then ENDING=1; sleep 10; fi
+# Stopped on request (STOPPED_TO_RESUME), every node after the same step: the other nodes'
+# launchers get 10 s to see it too (a busy node's take seconds), before srun stops them (for
+# --kill-on-bad-exit, that status is a bad exit).
+if [ "$STATUS" -eq "$STOPPED_TO_RESUME" ]; then ENDING=1; sleep 10; fi
 exit "$STATUS"

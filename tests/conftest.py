@@ -193,9 +193,8 @@ def in_process(argv, stage="baseline"):
     try:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             try:
-                train.main()
-                code = 0
-            except SystemExit as e:
+                code = train.main()
+            except SystemExit as e:  # argparse's own (--help, a misspelled option)
                 code = 0 if e.code is None else e.code if isinstance(e.code, int) else 1
                 if isinstance(e.code, str):
                     print(e.code, file=sys.stderr)

@@ -15,8 +15,8 @@ import pytest
 
 from conftest import DEEPSPEED, ROOT, free_port, in_process, tiny_args
 
-sys.path.insert(0, str(ROOT / "baseline"))
-import config  # noqa: E402  the baseline's: options are checked where they are parsed
+from workshop.arguments import parse  # noqa: E402  options are checked where they are parsed
+from workshop.settings import stage_settings  # noqa: E402
 
 
 def train(stage, tiny, tmp_path, *extra, launcher=False, own_process=False, **overrides):
@@ -38,10 +38,10 @@ def train(stage, tiny, tmp_path, *extra, launcher=False, own_process=False, **ov
 
 
 def parsed(tiny, tmp_path, *extra, **overrides):
-    """config.parse_args on the baseline's command line: the settings, or the refusal's text."""
+    """The baseline's settings under its command line: the arguments, or the refusal's text."""
     argv = tiny_args(tiny, **{"output_dir": tmp_path / "out", **overrides}) + list(extra)
     try:
-        return config.parse_args(argv)
+        return parse(stage_settings("baseline"), argv)
     except (ValueError, SystemExit) as e:
         return f"error: {e}" if isinstance(e, ValueError) else str(e.code)
 

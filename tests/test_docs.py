@@ -320,9 +320,8 @@ def parses(main, argv):
 def train_options_parse(stage, options, env, tiny):
     """A job's train.py options, as its stage's config.py parses and checks them (on the CPU,
     the tiny model where the command names none)."""
-    if str(ROOT / "baseline") not in sys.path:
-        sys.path.insert(0, str(ROOT / "baseline"))
-    import config
+    from workshop.arguments import parse
+    from workshop.settings import stage_settings
     extra = ["--use_cpu", "True"]
     if not any(o.startswith("--model_name_or_path") for o in options):
         extra += ["--model_name_or_path", str(tiny / "model"), "--dataset_name_or_path", str(tiny / "data")]
@@ -333,7 +332,7 @@ def train_options_parse(stage, options, env, tiny):
     os.environ.update(launched)
     try:
         with contextlib.redirect_stderr(io.StringIO()):
-            config.parse_args([*options, *extra])
+            parse(stage_settings("baseline"), [*options, *extra])
     finally:
         os.environ.clear()
         os.environ.update(saved)

@@ -16,7 +16,7 @@ from workshop.build_ops import environment_tools, pending
 def job_environment():
     """This process's environment as a job's: its compile cache and its tools; restored after."""
     saved = dict(os.environ)
-    from workshop.run import use_compile_caches
+    from workshop.compile_cache import use_compile_caches
     use_compile_caches()
     environment_tools()
     os.environ.setdefault("DS_ACCELERATOR", "cpu")

@@ -147,16 +147,16 @@ def test_fp32_deepspeed_at_one_rank_matches_the_plain_trainer(runs, name):
 RELOAD = """
 import sys, json
 from transformers import Trainer, TrainingArguments, default_data_collator
-from workshop.settings import WorkshopArguments
+from config import Settings
 from data_loader import build_datasets
 from model import load_model
 out, model_dir, data = sys.argv[1:4]
 model, tokenizer = load_model(model_dir)
-args = WorkshopArguments(model_name_or_path=model_dir, dataset_name_or_path=data,
-                         train_samples=32, eval_samples=8, max_length=64)
-eval_dataset = build_datasets(args, tokenizer).validation
-trainer = Trainer(model=model, args=TrainingArguments(out, use_cpu=True, report_to="none",
-                  per_device_eval_batch_size=4), eval_dataset=eval_dataset,
+args = Settings(model_name_or_path=model_dir, dataset_name_or_path=data,
+                train_samples=32, eval_samples=8, max_length=64)
+training_args = TrainingArguments(out, use_cpu=True, report_to="none", per_device_eval_batch_size=4)
+eval_dataset = build_datasets(args, tokenizer, training_args).validation
+trainer = Trainer(model=model, args=training_args, eval_dataset=eval_dataset,
                   data_collator=default_data_collator)
 print(json.dumps(trainer.evaluate()))
 """

@@ -1,12 +1,12 @@
 """The workshop's job against the fast path's, whole jobs as a participant waits for them.
 
-    python tools/bench_fast.py ARCH DATA [--epochs 3] [--out bench-fast] [--deepspeed ds_zero1.json ...]
+    python tools/bench_fast.py ARCH DATA [--epochs N] [--out bench-fast] [--deepspeed ds_zero1.json ...]
                                          [-- more train.py options for every job]
 
 Each variant is its stage's own .slurm job run with bash on this machine's GPU: the job marks
 its start, so a job's time is all of it (Python's start, imports, building the model,
 compiling, training, evaluating, answering, saving). Random weights from ARCH
-(tools/architecture.py), the first 500 rows of DATA, the same seed. In one call, in
+(tools/architecture.py), the workshop's rows of DATA (config.py), the same seed. In one call, in
 this order: the workshop's configuration (the reference), the fast path as it chooses for
 this many steps (workshop.settings.compiling_pays: compiled only where that pays), the fast
 path with compiled blocks asked for, with an empty compile cache (COMPILE_CACHE: cold) and
@@ -33,6 +33,7 @@ from pathlib import Path
 import pandas as pd
 
 from workshop.metrics import fixed_cost
+from workshop.settings import workshop_defaults
 
 ROOT = Path(__file__).resolve().parents[1]
 JOBS = {"baseline": "baseline/baseline.slurm",
@@ -79,7 +80,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("arch", type=Path, help="folder from tools/architecture.py")
     parser.add_argument("data", type=Path, help="folder with train/validation SQuAD rows")
-    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--epochs", type=float, default=workshop_defaults()["num_train_epochs"],
+                        help="the workshop's (config.py) unless given")
     parser.add_argument("--out", type=Path, default=Path("bench-fast"))
     parser.add_argument("--deepspeed", nargs="*", default=[], metavar="CONFIG",
                         help="DeepSpeed configs of deepspeed-single-gpu/ to run the fast path through")
@@ -96,7 +98,7 @@ def main():
     # twice as long as later ones; every job here starts after this one.
     subprocess.run([sys.executable, "-c", "import torch, transformers, deepspeed, datasets"], check=True)
 
-    epochs = ["--num_train_epochs", str(args.epochs)]
+    epochs = ["--num_train_epochs", f"{args.epochs:g}"]
     compiled, cache = FAST + ["--compile_blocks", "True"], {"COMPILE_CACHE": str(args.out / "cache")}
     shutil.rmtree(args.out / "cache", ignore_errors=True)
     variants = [("workshop", "baseline", epochs, {"COMPILE_CACHE": str(args.out / "cache-workshop")}),
@@ -120,7 +122,7 @@ def main():
     if not reference:
         sys.exit("bench_fast: the workshop's own job failed: no reference")
     print(f"\n{reference['gpu']}; torch {reference['versions']['torch']}; "
-          f"{args.epochs} epochs of {reference['train_samples']} rows\n")
+          f"{args.epochs:g} epochs of {reference['train_samples']} rows\n")
     rows, drifted = [], []
     for name, m in results.items():
         if m is None:

@@ -35,7 +35,7 @@ data=$scratch/data
 arch=${ARCH:-$scratch/arch-bloom-560m}
 [ -d "$arch" ] || python tools/architecture.py bloom-560m "$data" "$arch"
 { date -u; nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 || true
-  python -c "from workshop.run import versions; print(versions())"; git rev-parse --short HEAD 2>/dev/null || true; } > "$out/machine.txt"
+  python -c "from workshop.metrics_file import versions; print(versions())"; git rev-parse --short HEAD 2>/dev/null || true; } > "$out/machine.txt"
 python -m workshop.build_ops
 options=(--model_name_or_path "$arch" --random_weights True --dataset_name_or_path "$data"
          --num_train_epochs 1 --answer_quality False --save_model False "$@")

@@ -27,9 +27,11 @@ import pandas as pd
 
 from workshop.memory_plan import CUDA_CONTEXT_MIB, DATA, FRAGMENTATION, MARGIN, fits, predict
 from workshop.models import NAMES, architecture, hub_id
-from workshop.settings import FAST_PATH, TRAINING_DEFAULTS, WorkshopArguments, compiling_pays
+from workshop.settings import FAST_PATH, compiling_pays, precision_of, workshop_defaults
 
 ROOT = Path(__file__).resolve().parents[1]
+WORKSHOP = workshop_defaults()  # the baseline's config.py: what a run trains with unless told
+WORKSHOP_PRECISION, FAST_PRECISION = precision_of(WORKSHOP), precision_of(FAST_PATH)
 CONFIGS = [  # label, DeepSpeed config, ZeRO stage, offload optimizer, offload parameters
     ("no DeepSpeed", None, None, False, False),
     ("ZeRO-1", "ds_zero1.json", 1, False, False),
@@ -158,13 +160,13 @@ def train_options(args, fast, checkpointing, batch, accumulation, precision, exp
         flags.append("--fast_path True")
         if compiled[0] != compiled[1]:
             flags.append(f"--compile_blocks {compiled[0]}")
-    if precision != ("bf16" if fast else "fp16") or (fast and "precision" in explicit):
+    if precision != (FAST_PRECISION if fast else WORKSHOP_PRECISION) or (fast and "precision" in explicit):
         flags.append({"fp16": "--fp16 True", "bf16": "--bf16 True", "fp32": "--fp16 False"}[precision])
     for key, value in (("per_device_train_batch_size", batch), ("gradient_accumulation_steps", accumulation)):
-        default = FAST_PATH[key] if fast else TRAINING_DEFAULTS[key]
+        default = FAST_PATH[key] if fast else WORKSHOP[key]
         if value != default or (fast and key in explicit):
             flags.append(f"--{key} {value}")
-    if args.max_length != WorkshopArguments.max_length:
+    if args.max_length != WORKSHOP["max_length"]:
         flags.append(f"--max_length {args.max_length}")
     if checkpointing:
         flags.append("--gradient_checkpointing True")
@@ -183,9 +185,9 @@ def configurations(args, explicit, a, gpu_cap, host_cap):
         def given(key):
             return getattr(args, key) if key in explicit or not fast else FAST_PATH[key]
         batch, accumulation = given("per_device_train_batch_size"), given("gradient_accumulation_steps")
-        precision = args.precision if "precision" in explicit or not fast else "bf16"
-        default = fast and compiling_pays(stage, batch, accumulation, WorkshopArguments.train_samples,
-                                          TRAINING_DEFAULTS["num_train_epochs"], ranks=world)
+        precision = args.precision if "precision" in explicit or not fast else FAST_PRECISION
+        default = fast and compiling_pays(stage, batch, accumulation, WORKSHOP["train_samples"],
+                                          WORKSHOP["num_train_epochs"], ranks=world)
         compiled = default and not eager
         p = predict(a, world_size=world, nodes=args.nodes, per_device_train_batch_size=batch,
                     gradient_accumulation_steps=accumulation, max_length=args.max_length,
@@ -349,17 +351,17 @@ def main(argv=None):
     parser.add_argument("--host_memory_gib", type=float, default=128,
                         help="per node (the multi-GPU jobs' #SBATCH --mem=128G)")
     parser.add_argument("--per_device_train_batch_size", type=int,
-                        default=TRAINING_DEFAULTS["per_device_train_batch_size"],
+                        default=WORKSHOP["per_device_train_batch_size"],
                         help="sequences per GPU and micro-batch (the fast path's own unless given)")
     parser.add_argument("--gradient_accumulation_steps", type=int,
-                        default=TRAINING_DEFAULTS["gradient_accumulation_steps"],
+                        default=WORKSHOP["gradient_accumulation_steps"],
                         help="micro-batches per optimizer step (the fast path's own unless given)")
-    parser.add_argument("--max_length", type=int, default=WorkshopArguments.max_length,
+    parser.add_argument("--max_length", type=int, default=WORKSHOP["max_length"],
                         help="tokens per sequence, as train.py's --max_length")
     parser.add_argument("--longest", type=int, help="tokens of the longest training sequence "
                         "(sets the largest batch without padding; unset: --max_length)")
-    parser.add_argument("--precision", choices=["fp16", "bf16", "fp32"], default="fp16",
-                        help="the workshop's (the fast path: bf16 unless given)")
+    parser.add_argument("--precision", choices=["fp16", "bf16", "fp32"], default=WORKSHOP_PRECISION,
+                        help=f"the workshop's (the fast path: {FAST_PRECISION} unless given)")
     args = parser.parse_args(argv)
     argv = sys.argv[1:] if argv is None else argv
     explicit = {a[2:].split("=")[0] for a in argv if a.startswith("--")}

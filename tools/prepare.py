@@ -18,15 +18,14 @@ import argparse
 import json
 import shutil
 import sys
-from dataclasses import fields
 from pathlib import Path
 
 from workshop.models import hub_id
-from workshop.settings import WorkshopArguments
+from workshop.settings import workshop_defaults
 from workshop.squad import SPLIT_FILES, is_local_path, load_split
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULTS = {f.name: f.default for f in fields(WorkshopArguments)}
+DEFAULTS = workshop_defaults()  # the baseline's config.py
 MODEL_FILES = ["*.json", "*.safetensors", "tokenizer*", "*.model"]  # not the other formats' copies
 
 

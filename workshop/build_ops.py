@@ -1,5 +1,5 @@
 """Build DeepSpeed's C++ ops that this machine's runs load, once, into the compile cache of this
-Python environment (workshop.run.use_compile_caches), so that no job or test builds one:
+Python environment (workshop/compile_cache.py), so that no job or test builds one:
 
     python -m workshop.build_ops        # make setup runs it
 
@@ -10,9 +10,12 @@ An op is built by torch's JIT with `ninja`, and ninja rebuilds everything when t
 was written by another ninja version ("build log version is too old"): a login node's system
 ninja and the environment's own (pip's, which DeepSpeed brings) do not share builds. So the
 builds and the jobs both take the environment's ninja, first on PATH (environment_tools),
-whichever shell started them, and a job says before it builds one (pending)."""
+whichever shell started them, and a job says before it builds one (pending); a job loads
+an op through load_op."""
+import contextlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -69,8 +72,39 @@ def record_time(builder, seconds):
     path.write_text(json.dumps(times, indent=1) + "\n")
 
 
+def load_op(name, clock=None):
+    """Load one of DeepSpeed's ops with this environment's build tools, building it only where
+    it is not built for them (said first, on one line, with why and how long it takes, and
+    counted as compiling on the run's clock); a failed build ends with its cause, not the
+    compiler's command."""
+    from deepspeed.accelerator import get_accelerator
+    environment_tools()
+    builder = get_accelerator().create_op_builder(name)
+    folder = Path(os.environ.get("TORCH_EXTENSIONS_DIR", "."))
+    why, started = pending(builder), time.time()
+    if why:
+        print(f"building DeepSpeed's {builder.NAME} op into {folder} ({why}): {expected_seconds(builder)}, "
+              f"once per environment (make setup builds it beforehand: python -m workshop.build_ops)", flush=True)
+    try:
+        with clock.timing("compiling") if why and clock else contextlib.nullcontext():
+            loaded = builder.load(verbose=False)
+    except Exception as e:  # the compiler's own lines are above; its cause, in one line:
+        # TMPDIR as the compiler reads it (tempfile.gettempdir() passes over a full one)
+        places = {folder, Path(os.environ.get("TMPDIR", "/tmp"))}
+        free = {p: shutil.disk_usage(p).free for p in places if p.exists()}
+        full = [f"{p} has {n // 2**20} MiB free" for p, n in free.items() if n < 200 * 2**20]
+        cause = (f"{'; '.join(full)}: No space left on device" if full else
+                 (str(e).strip().splitlines() or [type(e).__name__])[-1][:200])
+        raise OSError(f"building DeepSpeed's op {builder.NAME} failed (free space or point TMPDIR "
+                      f"and COMPILE_CACHE elsewhere, then python -m workshop.build_ops): {cause}") from None
+    if why:
+        with contextlib.suppress(OSError):
+            record_time(builder, time.time() - started)
+    return loaded
+
+
 def main():
-    from workshop.run import use_compile_caches
+    from workshop.compile_cache import use_compile_caches
     use_compile_caches()
     environment_tools()
     import torch

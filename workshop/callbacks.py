@@ -1,6 +1,8 @@
-"""The Trainer callbacks the run attaches (workshop/run.py): where the job's time goes, and
-checkpoints on time and on request. Nothing happens on import."""
+"""The Trainer callbacks the run attaches (workshop/run.py): where the job's time goes,
+checkpoints on time and on request, what the log says about the training, the answers before
+training and a profile. Nothing happens on import."""
 import contextlib
+import math
 import re
 import signal
 import sys
@@ -175,6 +177,38 @@ class Checkpoints(TrainerCallback):
             if not float(state.epoch).is_integer():
                 control.should_evaluate = False  # an eval loss only for whole epochs
             control.should_save = not self.saved_at_step  # one checkpoint, written once
+        return control
+
+
+class TrainingLog(TrainerCallback):
+    """What the log says about the training: each epoch's own train loss, notices about counts
+    that are not what they seem, and the end of a run whose loss diverged."""
+
+    def on_train_begin(self, args, state, control, train_dataloader=None, **kwargs):
+        per_epoch = max(1, math.ceil(len(train_dataloader) / args.gradient_accumulation_steps)) \
+            if train_dataloader is not None else state.max_steps
+        if args.process_index == 0 and args.max_steps <= 0 and not float(args.num_train_epochs).is_integer():
+            print(f"notice: --num_train_epochs {args.num_train_epochs:g} trains {state.max_steps} "
+                  f"optimizer step{'s' if state.max_steps > 1 else ''}: {args.num_train_epochs:g} x "
+                  f"{per_epoch} steps an epoch, rounded up to whole steps (the run ends at epoch "
+                  f"{state.max_steps / per_epoch:.3g})")
+        if args.process_index == 0 and state.logging_steps > per_epoch:
+            print(f"notice: --logging_steps {args.logging_steps:g} is above an epoch's {per_epoch} "
+                  f"optimizer steps: the train loss is also logged at every epoch's end")
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        """A loss or gradient norm that is not a number: every step after it is wasted. (fp16's
+        loss scaling skips steps whose gradients overflow: their norm is no sign.)"""
+        watched = ("loss", "eval_loss") + (() if args.fp16 else ("grad_norm",))
+        for name, value in ((k, (logs or {}).get(k)) for k in watched):
+            if isinstance(value, (int, float)) and not math.isfinite(value):
+                raise ValueError(f"the {name.replace('_', ' ')} became {value} at step "
+                                 f"{state.global_step}: the run diverged; lower --learning_rate "
+                                 f"({args.learning_rate:g} now)"
+                                 f"{', or train in bf16 rather than fp16' if args.fp16 else ''}")
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        control.should_log = True  # each epoch's own train loss, whatever --logging_steps
         return control
 
 

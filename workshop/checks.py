@@ -1,14 +1,9 @@
 """Every option and file a run reads, checked before anything heavy runs: a mistake is one line
 naming the option or file and what to do (raised as ValueError; train.py prints it last)."""
-import argparse
-import difflib
 import json
 import math
 import os
-import sys
 from pathlib import Path
-
-from transformers import HfArgumentParser
 
 from workshop.fast_path import fast_path_refusal
 from workshop.settings import compile_blocks_refusal
@@ -18,37 +13,6 @@ POSITIVE = ("train_samples", "eval_samples", "max_length", "per_device_train_bat
             "per_device_eval_batch_size", "gradient_accumulation_steps", "learning_rate",
             "logging_steps", "save_minutes", "ddp_timeout")
 NOT_NEGATIVE = ("weight_decay", "warmup_steps")
-
-
-class Parser(HfArgumentParser):
-    """HF's parser with one-line errors: a misspelled option gets the closest real one, not
-    the 100-line usage."""
-
-    def error(self, message):
-        unknown = message.split("unrecognized arguments: ")[-1].split() if "unrecognized" in message else []
-        options = [o for action in self._actions for o in action.option_strings]
-        hints = [f"{u}: did you mean {close[0]}?" for u in unknown if u.startswith("--")
-                 and (close := difflib.get_close_matches(u.split("=")[0], options, n=1))]
-        sys.exit(f"error: {'; '.join(hints) or message} (python train.py --help lists every option)")
-
-    def given(self, argv=None):
-        """The options given on the command line alone, as argparse understood them (an
-        abbreviation, `--opt=value`): parsed once, with no default filled in. An option given
-        twice is refused: argparse would keep the last value without a word."""
-        for action in self._actions:
-            if action.dest != "help":
-                action.default = argparse.SUPPRESS
-        parser = self
-
-        class OnceEach(argparse.Namespace):
-            """argparse sets each option it meets on its namespace: one set twice was given
-            twice (also as an abbreviation, or in its --no_ form)."""
-            def __setattr__(self, name, value):
-                if name in vars(self):
-                    parser.error(f"--{name} is given twice ({getattr(self, name)!r}, then "
-                                 f"{value!r}): give it once")
-                super().__setattr__(name, value)
-        return vars(self.parse_args(argv, namespace=OnceEach()))
 
 
 def check_sources(asked):
@@ -188,5 +152,5 @@ def check_deepspeed_config(training_args):
 
 def deepspeed_refusal(path, reason):
     """DeepSpeed's refusal of the config at `path`, as the run's one line: here for what its
-    config class checks, and (workshop/run.py) for what it asserts once the model is built."""
+    config class checks, and (workshop/exit_status.py) for what it asserts once the model is built."""
     return f"DeepSpeed config {path}: DeepSpeed refuses it ({reason}); compare it with the stage's ds_zero*.json"

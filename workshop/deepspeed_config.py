@@ -7,7 +7,9 @@ ZERO_STAGES = (0, 1, 2, 3)
 
 
 @dataclass(frozen=True)
-class DeepSpeedConfig:
+class DeepSpeedFile:
+    """The DeepSpeed JSON file a run names, as read: what the run asks of it (DeepSpeed's own
+    config class checks it whole: workshop/checks.py)."""
     path: str | None = None  # None: no DeepSpeed
     raw: dict = field(default_factory=dict)
 
@@ -34,7 +36,7 @@ def read_deepspeed_config(path):
     """The config at `path` (none for None), refused in one line when it is missing, not JSON,
     or names an unknown ZeRO stage."""
     if not path:
-        return DeepSpeedConfig()
+        return DeepSpeedFile()
     if not Path(path).is_file():
         raise ValueError(f"--deepspeed {path}: no such file (the stage folder has ds_zero1.json, "
                          f"ds_zero2.json, ds_zero3.json, ...)")
@@ -44,7 +46,7 @@ def read_deepspeed_config(path):
         raise ValueError(f"DeepSpeed config {path} is not valid JSON ({e})") from None
     if not isinstance(raw, dict):
         raise ValueError(f"DeepSpeed config {path} holds no JSON object")
-    config = DeepSpeedConfig(str(path), raw)
+    config = DeepSpeedFile(str(path), raw)
     if config.stage not in ZERO_STAGES:
         raise ValueError(f"DeepSpeed config {path}: zero_optimization.stage is {config.stage!r}; "
                          f"ZeRO stages are {', '.join(map(str, ZERO_STAGES))}")

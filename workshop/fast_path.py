@@ -39,7 +39,7 @@ from torch.utils.checkpoint import checkpoint
 from transformers.modeling_outputs import CausalLMOutputWithPast
 from transformers.models.bloom.modeling_bloom import BloomAttention, dropout_add
 
-IGNORE_INDEX = -100  # label of positions without a loss, as in transformers
+from workshop.squad import IGNORE_INDEX
 
 
 def _sdpa_attention_forward(self, hidden_states, residual, alibi, attention_mask, layer_past=None,

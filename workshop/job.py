@@ -1,6 +1,7 @@
 """What the .slurm jobs (workshop/job.sh) ask Python, one line each, without torch:
 
     python -m workshop.job path                  # job.sh as installed: what every job sources
+    python -m workshop.job names                 # the names train.py and job.sh share, as shell
     python -m workshop.job port ASKED            # a free rendezvous port, from ASKED on
     python -m workshop.job stop PID              # SIGTERM to PID and all its descendants
     python -m workshop.job training OUTPUT_DIR   # exit 0 while a rank of that run still runs here
@@ -14,6 +15,7 @@
 import glob
 import os
 import re
+import shlex
 import signal
 import socket
 import sys
@@ -23,7 +25,8 @@ from pathlib import Path
 import psutil
 
 from workshop.host_memory import is_rank
-from workshop.metrics import METRICS_FILE, newest_checkpoint, read_json, summary_lines
+from workshop.metrics import (METRICS_FILE, SAVE_AND_STOP_FILE, STOP_WITHOUT_SAVING_FILE, STOPPED_TO_RESUME,
+                              checkpoint_step, newest_checkpoint, read_json, summary_lines)
 
 # Lines that name what a failure came down to (a full disk while compiling DeepSpeed's ops):
 # clearer than the error above them, which may be a compiler command of hundreds of characters.
@@ -40,6 +43,14 @@ LAUNCHER_EXIT = re.compile(r"exits with return code = (-?\d+)")
 def path():
     """job.sh of the installed package, for a job whose stage folder is anywhere."""
     return Path(__file__).with_name("job.sh")
+
+
+def names():
+    """The exit status and the request files that train.py and job.sh share, as shell
+    assignments for job.sh to evaluate: one definition of each, here in the package."""
+    shared = dict(STOPPED_TO_RESUME=STOPPED_TO_RESUME, SAVE_AND_STOP_FILE=SAVE_AND_STOP_FILE,
+                  STOP_WITHOUT_SAVING_FILE=STOP_WITHOUT_SAVING_FILE)
+    return "\n".join(f"{name}={shlex.quote(str(value))}" for name, value in shared.items())
 
 
 def port(asked):
@@ -94,7 +105,7 @@ def checkpoint(output_dir):
     if folder is None:
         return "none"
     times = [p.stat().st_mtime for p in folder.rglob("*") if p.is_file()]
-    return f"{folder.name.split('-')[1]} {max(times) - min(times):.0f}"
+    return f"{checkpoint_step(folder)} {max(times) - min(times):.0f}"
 
 
 def resumes(output_dir):
@@ -102,7 +113,7 @@ def resumes(output_dir):
     folder = newest_checkpoint(output_dir)
     if folder is None:
         return f"{output_dir} holds no complete checkpoint: the next attempt starts afresh"
-    return f"the next attempt resumes from {folder} (step {folder.name.split('-')[1]})"
+    return f"the next attempt resumes from {folder} (step {checkpoint_step(folder)})"
 
 
 def this_attempts(output_dir, started):
@@ -137,7 +148,7 @@ def lost(output_dir):
     how far it got), for a requeued attempt's log."""
     reached = (read_json(Path(output_dir) / METRICS_FILE) or {}).get("global_step")
     folder = newest_checkpoint(output_dir)
-    saved = int(folder.name.split("-")[1]) if folder else 0
+    saved = checkpoint_step(folder) if folder else 0
     if reached is None:
         return "" if folder else "no checkpoint and no run_metrics.json: training starts afresh"
     if reached <= saved:
@@ -210,7 +221,7 @@ def killed_by(number, memory_csvs, started):
 
 if __name__ == "__main__":
     command, *args = sys.argv[1:]
-    answer = {"path": path, "port": port, "stop": stop, "training": training, "checkpoint": checkpoint,
+    answer = {"path": path, "names": names, "port": port, "stop": stop, "training": training, "checkpoint": checkpoint,
               "resumes": resumes, "lost": lost, "summary": summary, "reason": reason}[command](*args)
     if answer:
         print(answer)

@@ -4,6 +4,9 @@
 # run's summary, or the reason it failed. The .slurm files keep what each stage teaches.
 [ -f train.py ] || { echo "error: no train.py in $PWD: submit the job from the repository (sbatch baseline/baseline.slurm)" >&2; exit 1; }
 HOST=$(hostname -s)
+# The exit status of a run stopped to be resumed, and the files that ask train.py to stop: the package's
+NAMES=$(python -m workshop.job names)
+eval "$NAMES"  # STOPPED_TO_RESUME, SAVE_AND_STOP_FILE, STOP_WITHOUT_SAVING_FILE
 MAX_RESTARTS=${MAX_RESTARTS:-3}  # CLUSTER: requeues after a lost node or rank, each resuming from the last checkpoint
 LOGGERS=() TRAIN_PID= STATUS= ENDING= PREEMPTED= JOB_SHELL= REQUEUED=
 # Background loggers end with the job, however it ends (success, failure, scancel, Ctrl-C).
@@ -37,7 +40,7 @@ start_job() {
     echo "attempt $((SLURM_RESTART_COUNT + 1)) of job $SLURM_JOB_ID (requeued $SLURM_RESTART_COUNT time(s))"
     python -m workshop.job lost "$OUTPUT_DIR"
   fi
-  rm -f "$OUTPUT_DIR/save-and-stop" "$OUTPUT_DIR/stop-without-saving"
+  rm -f "$OUTPUT_DIR/$SAVE_AND_STOP_FILE" "$OUTPUT_DIR/$STOP_WITHOUT_SAVING_FILE"
   trap 'save_and_stop "warning signal"' USR1
 }
 
@@ -91,10 +94,11 @@ write_hostfile() {
 }
 
 # SLURM's warning before the time limit (--signal=B:USR1@N) asks train.py, through a file in
-# the output folder, to save a checkpoint and stop after its current step (exit 75); the job
+# the output folder, to save a checkpoint and stop after its current step (exit status
+# STOPPED_TO_RESUME); the job
 # then requeues itself and resumes. Without SLURM: `kill -USR1 <pid of the job>`. (start_job
 # sets the trap: the job's own shell is the one that saves.)
-save_and_stop() { echo "$1: saving a checkpoint and stopping"; mkdir -p "$OUTPUT_DIR"; touch "$OUTPUT_DIR/save-and-stop"; }
+save_and_stop() { echo "$1: saving a checkpoint and stopping"; mkdir -p "$OUTPUT_DIR"; touch "$OUTPUT_DIR/$SAVE_AND_STOP_FILE"; }
 
 # SIGTERM while SLURM still has the job RUNNING is a preemption notice (SLURM's preemption
 # with a grace time, `scancel --batch --signal=TERM`, or `kill` without SLURM): save if the
@@ -102,17 +106,18 @@ save_and_stop() { echo "$1: saving a checkpoint and stopping"; mkdir -p "$OUTPUT
 # then requeue. Otherwise (scancel, the time limit, Ctrl-C, or on a node) the training writes
 # its metrics on SIGTERM, told by a file not to wait for a preemption's word (SLURM kills what
 # still runs KillWait seconds later): wait for it, at most a minute, passing SIGTERM on if it
-# reached this shell only. Once the job is ending on purpose (ENDING), a SIGTERM just ends it with 75.
+# reached this shell only. Once the job is ending on purpose (ENDING), a SIGTERM just ends it
+# with STOPPED_TO_RESUME.
 on_term() {
   [ -z "$REQUEUED" ] || return 0  # SLURM ends the attempt it requeued: the job says so (requeue)
-  [ -z "$ENDING" ] || exit 75
+  [ -z "$ENDING" ] || exit "$STOPPED_TO_RESUME"
   if [ "$1" = TERM ] && [ -n "$JOB_SHELL" ] && [ -n "$TRAIN_PID" ] && [ -z "$PREEMPTED" ] && job_still_running; then
     PREEMPTED=1
     local grace checkpoint
     grace=$(grace_seconds) checkpoint=($(python -m workshop.job checkpoint "$OUTPUT_DIR" || true))
     if [ -n "$grace" ] && [ "${checkpoint[1]:-0}" -ge "$grace" ]; then
       echo "preemption notice: no time to save (a checkpoint takes ${checkpoint[1]} s, SLURM gives $grace s): stopping"
-      touch "$OUTPUT_DIR/stop-without-saving" 2>/dev/null || true
+      touch "$OUTPUT_DIR/$STOP_WITHOUT_SAVING_FILE" 2>/dev/null || true
       stop_training
     else
       save_and_stop "preemption notice${grace:+ ($grace s to go)}"
@@ -120,7 +125,7 @@ on_term() {
     return 0  # (a bare return in a trap gives the interrupted wait's status: set -e would exit)
   fi
   trap '' TERM INT
-  [ -z "$JOB_SHELL" ] || touch "$OUTPUT_DIR/stop-without-saving" 2>/dev/null || true  # train.py need not wait
+  [ -z "$JOB_SHELL" ] || touch "$OUTPUT_DIR/$STOP_WITHOUT_SAVING_FILE" 2>/dev/null || true  # train.py need not wait
   [ -z "$JOB_SHELL" ] || ! job_is 'Reason=TimeLimit' || echo "job $SLURM_JOB_ID reached its time limit without a \
 warning signal to save first (#SBATCH --signal=B:USR1@300): train.py stops after its current step and writes its metrics"
   for i in $(seq 300); do
@@ -130,7 +135,7 @@ warning signal to save first (#SBATCH --signal=B:USR1@300): train.py stops after
   done
   # the other nodes' launchers print their last words through srun a moment after it ends
   [ -z "$JOB_SHELL" ] || [ "${SLURM_NNODES:-1}" -eq 1 ] || sleep 2
-  [ -z "$JOB_SHELL" ] || { rm -f "$OUTPUT_DIR/stop-without-saving"; summary; }
+  [ -z "$JOB_SHELL" ] || { rm -f "$OUTPUT_DIR/$STOP_WITHOUT_SAVING_FILE"; summary; }
   exit 143
 }
 # training_runs: the launcher, or (the job's own shell) a rank of this run it left behind
@@ -176,15 +181,15 @@ wait_for_training() {
   done
 }
 
-# end_job: 0 done. 75 (saved on request) or preempted: requeue, to resume from the newest
+# end_job: 0 done. STOPPED_TO_RESUME (saved on request) or preempted: requeue, to resume from the newest
 # checkpoint. Failed: the reason as the log's last line; after a lost node or rank (a collective
 # that timed out, a peer gone, a node's task killed) the job requeues itself first, at most
 # MAX_RESTARTS times.
 end_job() {
   [ "$STATUS" -ne 0 ] || { summary; exit 0; }
-  if [ "$STATUS" -eq 75 ] || [ -n "$PREEMPTED" ]; then
+  if [ "$STATUS" -eq "$STOPPED_TO_RESUME" ] || [ -n "$PREEMPTED" ]; then
     requeue
-    exit 75
+    exit "$STOPPED_TO_RESUME"
   fi
   [ -n "${SLURM_JOB_ID:-}" ] || sleep 0.5  # tee writes the log a moment later
   local reason restarts
@@ -220,7 +225,7 @@ requeue() {
     echo "job $SLURM_JOB_ID is requeued, not cancelled (whatever a CANCELLED line of SLURM's above says): SLURM \
 holds it about 2 minutes (its BeginTime, about $(date -d '+2 min' +%H:%M:%S)) before it can start again; its next \
 attempt goes on in this log"
-    exit 75
+    exit "$STOPPED_TO_RESUME"
   fi
   REQUEUED=; echo "error: this job cannot be requeued here: OUTPUT_DIR=$OUTPUT_DIR sbatch $SCRIPT resumes it"
 }

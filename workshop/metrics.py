@@ -27,17 +27,30 @@ def fixed_cost(metrics):
     return metrics["wall_seconds"] - sum(parts.get(p) or 0 for p in WORK) if parts else None
 
 
+def checkpoint_step(folder):
+    """The optimizer step of a checkpoint-N folder (-1 for a name without one)."""
+    number = Path(folder).name.rpartition("-")[2]
+    return int(number) if number.isdigit() else -1
+
+
 def checkpoints(run_dir):
     """A run folder's checkpoint-N folders, oldest step first."""
-    return sorted(Path(run_dir).glob("checkpoint-*"),
-                  key=lambda p: int(p.name.split("-")[1]) if p.name.split("-")[1].isdigit() else -1)
+    return sorted(Path(run_dir).glob("checkpoint-*"), key=checkpoint_step)
+
+
+def is_complete(checkpoint):
+    """Whether a checkpoint was written to its end: the Trainer writes trainer_state.json last."""
+    return (Path(checkpoint) / "trainer_state.json").is_file()
 
 
 def newest_checkpoint(run_dir):
-    """The newest checkpoint a run resumes from (trainer_state.json, written last, makes it
-    complete), or None."""
-    complete = [f for f in checkpoints(run_dir) if (f / "trainer_state.json").is_file()]
+    """The newest complete checkpoint, the one a run resumes from, or None."""
+    complete = [f for f in checkpoints(run_dir) if is_complete(f)]
     return complete[-1] if complete else None
+
+
+def mib(n_bytes):
+    return f"{n_bytes / 2**20:,.0f} MiB" if n_bytes >= 10 * 2**20 else f"{n_bytes / 2**20:.1f} MiB"
 
 
 def summary_lines(metrics, path):

@@ -1,5 +1,6 @@
 """Resuming safely: the settings a resumed run must share, the checks of a checkpoint before it
-is resumed, and one run at a time in an output folder (workshop/run.py calls them)."""
+is resumed, and one run at a time in an output folder (workshop/run.py and
+workshop/output_folder.py call them)."""
 import json
 import os
 import socket
@@ -10,8 +11,9 @@ from pathlib import Path
 import transformers
 from transformers import AutoConfig, TrainerState
 
-from workshop.metrics import METRICS_FILE, SETTINGS_FILE, checkpoints, read_json
+from workshop.metrics import METRICS_FILE, SETTINGS_FILE, checkpoints, newest_checkpoint, read_json
 from workshop.models import same_architecture
+from workshop.settings import precision_of
 
 LOCK_FILE = ".run-lock"  # one run at a time in an output folder
 # Settings a resumed run must share with the run it continues (the rest may change).
@@ -24,8 +26,8 @@ RESUME_SETTINGS = ("model_name_or_path", "random_weights", "dataset_name_or_path
 
 def run_settings(args, training_args, deepspeed):
     """The settings that decide what a run computes (RESUME_SETTINGS), as a dict."""
-    values = {**vars(args), **training_args.to_dict(),
-              "precision": "bf16" if training_args.bf16 else "fp16" if training_args.fp16 else "fp32",
+    trainer = training_args.to_dict()
+    values = {**vars(args), **trainer, "precision": precision_of(trainer),
               "world_size": training_args.world_size, "zero_stage": deepspeed.stage,
               "offload_optimizer": deepspeed.offload("optimizer"),
               "offload_param": deepspeed.offload("param")}
@@ -119,12 +121,12 @@ def resume_point(output_dir, asked, model_config, settings):
                              f"checkpoint: give one of its checkpoint-N folders")
         check_checkpoint(folder, model_config, settings)
         return str(folder)
+    newest = newest_checkpoint(output_dir)
     for folder in reversed(checkpoints(output_dir)):
-        if not (folder / "trainer_state.json").is_file():
-            print(f"skipping incomplete checkpoint {folder}")
-            continue
-        check_checkpoint(folder, model_config, settings)
-        return str(folder)
+        if folder == newest:
+            check_checkpoint(folder, model_config, settings)
+            return str(folder)
+        print(f"skipping incomplete checkpoint {folder}")
     if asked is not None:
         raise ValueError(f"--resume_from_checkpoint {asked}: {output_dir} holds no complete "
                          f"checkpoint to resume from; leave the option out to start afresh")

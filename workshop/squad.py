@@ -3,6 +3,7 @@ the workshop's prompt `Question: ... Context: ... Answer:` (training and answeri
 import json
 from pathlib import Path
 
+IGNORE_INDEX = -100  # the label of a token the loss leaves out (torch's cross_entropy's ignore_index)
 # Local file names tried for each split, in order.
 SPLIT_FILES = {"train": ["train.jsonl", "train.json", "train-v1.1.json"],
                "validation": ["validation.jsonl", "validation.json", "dev-v1.1.json"]}
@@ -172,6 +173,19 @@ def load_split(name_or_path, split, n_rows=None):
     rows = [dict(rows[i]) for i in range(n_rows)]
     check_rows(rows, source)
     return rows
+
+
+def as_dataset(rows, split):
+    """The rows' question, context and (first) answer as a datasets.Dataset kept in datasets'
+    cache, named by their content: a map over it is cached there too, so that a node's other
+    processes read what its first one made (TrainingArguments.main_process_first)."""
+    from datasets import Dataset
+    texts = [dict(question=r["question"], context=r["context"], answer=r["answers"]["text"][0]) for r in rows]
+    return Dataset.from_generator(each, gen_kwargs=dict(rows=texts), split=split)
+
+
+def each(rows):
+    yield from rows
 
 
 def fitted_ids(tokenizer, row, max_length, answer=None):
