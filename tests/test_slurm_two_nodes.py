@@ -142,7 +142,7 @@ def test_two_node_job_losing_a_node_ends_with_the_reason_and_requeues(two_nodes,
     if cluster.mode != "2ns":
         pytest.skip("no network namespaces here (up.sh 2ns): no node's network to take away")
     # The job's default DeepSpeed config, ZeRO off: DeepSpeed runs its collectives on a copy of
-    # the process group made without a timeout, which config.py hands --ddp_timeout on to
+    # the process group made without a timeout, which workshop/arguments.py hands --ddp_timeout on to
     # (torch's default would be 30 minutes for gloo).
     case = dataclasses.replace(MULTI_NODE_2x1_ZERO3, name="multi-node-2x1-zero0", zero_stage=0, env={
         "DS_CONFIG": "ds_config.json", "COLLECTIVE_TIMEOUT": str(TEST_COLLECTIVE_TIMEOUT)})
