@@ -113,15 +113,23 @@ def free_port():
         return s.getsockname()[1]
 
 
-def run_stage(stage, tiny, output_dir, launcher_ranks=None, extra=(), **overrides):
-    """Run a stage's train.py for real, in its own process(es); returns the completed process."""
+def one_rank():
+    """The environment DeepSpeed's launcher gives the one rank it starts (`deepspeed --num_gpus
+    1`): train.py run as that rank needs no launcher, whose two interpreters import torch
+    before it (the jobs' SLURM tests run the launcher itself)."""
+    return {**os.environ, "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1",
+            "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
+
+
+def run_stage(stage, tiny, output_dir, ranks=None, extra=(), **overrides):
+    """Run a stage's train.py for real, in its own process(es): alone (ranks None), as
+    DeepSpeed's one rank, or as `ranks` ranks through DeepSpeed's launcher; returns the
+    completed process."""
     args = tiny_args(tiny, output_dir=output_dir, num_train_epochs=EPOCHS, **overrides) + list(extra)
-    if launcher_ranks is None:
-        cmd = [sys.executable, "train.py", *args]
-    else:
-        cmd = [DEEPSPEED, "--num_gpus", str(launcher_ranks),
-               "--master_port", str(free_port()), "train.py", *args]
-    return subprocess.run(cmd, cwd=ROOT / stage, capture_output=True, text=True, timeout=600)
+    cmd, env = [sys.executable, "train.py", *args], (one_rank() if ranks == 1 else None)
+    if ranks and ranks > 1:
+        cmd = [DEEPSPEED, "--num_gpus", str(ranks), "--master_port", str(free_port()), "train.py", *args]
+    return subprocess.run(cmd, cwd=ROOT / stage, env=env, capture_output=True, text=True, timeout=600)
 
 
 FAST = ["--fast_path", "True"]

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import DEEPSPEED, ROOT, free_port, in_process, tiny_args
+from conftest import ROOT, in_process, one_rank, tiny_args
 
 from workshop.arguments import parse  # noqa: E402  options are checked where they are parsed
 from workshop.settings import stage_settings  # noqa: E402
@@ -21,15 +21,15 @@ from workshop.settings import stage_settings  # noqa: E402
 
 def train(stage, tiny, tmp_path, *extra, launcher=False, own_process=False, **overrides):
     """train.py on these arguments: in this process (in_process), or end to end in its own
-    (own_process: python train.py) or through DeepSpeed's launcher, for the exit status."""
+    (own_process: python train.py) or as the rank DeepSpeed's launcher starts (launcher), for
+    the exit status."""
     output_dir = Path(overrides.get("output_dir", tmp_path / "out"))
     args = tiny_args(tiny, **{"output_dir": output_dir, **overrides}) + list(extra)
     made_here = not (ROOT / stage / output_dir).exists()  # a relative one: the stage's
     start = time.monotonic()
     if launcher or own_process:
-        cmd = [DEEPSPEED, "--num_gpus", "1", "--master_port", str(free_port())] if launcher else [sys.executable]
-        proc = subprocess.run(cmd + ["train.py"] + args, cwd=ROOT / stage, capture_output=True,
-                              text=True, timeout=300)
+        proc = subprocess.run([sys.executable, "train.py"] + args, cwd=ROOT / stage, capture_output=True,
+                              env=one_rank() if launcher else None, text=True, timeout=300)
     else:
         proc = subprocess.CompletedProcess(args, *in_process(args, stage))
     proc.seconds = time.monotonic() - start

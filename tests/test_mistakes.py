@@ -24,10 +24,9 @@ from test_bad_input import assert_refused, assert_refused_on_parsing, good_rows,
 
 def timed_refusal(proc, *words, launched=False):
     """A refusal, with the seconds it took (`pytest -s` prints them; how long refusals take is
-    measured on a quiet machine, not asserted while the suite's workers share its cores).
-    Through the deepspeed launcher three interpreters import torch one after another first."""
+    measured on a quiet machine, not asserted while the suite's workers share its cores)."""
     assert_refused(proc, *words)
-    print(f"refused after {proc.seconds:.1f} s{' (through the deepspeed launcher)' * launched}")
+    print(f"refused after {proc.seconds:.1f} s{' (as a DeepSpeed rank)' * launched}")
 
 
 def assert_ran(proc, *said):
