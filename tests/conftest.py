@@ -132,6 +132,20 @@ def run_stage(stage, tiny, output_dir, ranks=None, extra=(), **overrides):
     return subprocess.run(cmd, cwd=ROOT / stage, env=env, capture_output=True, text=True, timeout=600)
 
 
+def job_without_slurm(script, args, env=None):
+    """`bash <stage>.slurm ARGS` as on a workstation (no SLURM in its environment), read up to
+    its first logged step: (the job's process, the lines it printed so far). The caller ends it."""
+    env = {k: v for k, v in (env or os.environ).items() if not k.startswith(("SLURM_", "SBATCH_"))}
+    job = subprocess.Popen(["bash", str(script), *args], stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True, env=env)
+    lines = []
+    for line in job.stdout:
+        lines.append(line.rstrip("\n"))
+        if "{'loss': " in line:
+            break
+    return job, lines
+
+
 FAST = ["--fast_path", "True"]
 RUNS = {  # name: (stage, deepspeed ranks or None, extra train.py arguments)
     "baseline": ("baseline", None, []),

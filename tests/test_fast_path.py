@@ -78,6 +78,17 @@ def test_sdpa_attention_matches_eager(seed, monkeypatch):
     assert len(calls) == fast.config.n_layer  # not one more: eager attention there
 
 
+def loss_and_gradient_errors(stock, fast, batch):
+    """(loss, largest gradient) relative errors of the fast path's training step against the
+    stock model's, on one batch; the fast path returns no logits."""
+    want, got = stock(**batch), fast(**batch)
+    assert got.logits is None
+    want.loss.backward()
+    got.loss.backward()
+    return (rel_err(got.loss, want.loss),
+            max(rel_err(g.grad, w.grad) for w, g in zip(stock.parameters(), fast.parameters())))
+
+
 @pytest.mark.parametrize("num_items", [None, "exact", "accumulated"])
 def test_loss_and_gradients_match_stock(num_items):
     stock, fast = stock_and_fast()
@@ -86,12 +97,7 @@ def test_loss_and_gradients_match_stock(num_items):
     assert targets > 3 * CHUNK
     if num_items is not None:  # the Trainer's count over all micro-batches of an optimizer step
         batch["num_items_in_batch"] = torch.tensor(targets + (57 if num_items == "accumulated" else 0))
-    want, got = stock(**batch), fast(**batch)
-    assert got.logits is None
-    want.loss.backward()
-    got.loss.backward()
-    loss_err = rel_err(got.loss, want.loss)
-    grad_err = max(rel_err(g.grad, w.grad) for w, g in zip(stock.parameters(), fast.parameters()))
+    loss_err, grad_err = loss_and_gradient_errors(stock, fast, batch)
     print(f"loss ({num_items}) rel err {loss_err:.2e}, gradients max rel err {grad_err:.2e}")
     assert loss_err < 1e-6
     assert grad_err < 1e-5

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, tiny_args
+from conftest import ROOT, job_without_slurm, tiny_args
 from test_bad_input import assert_refused, assert_refused_on_parsing, good_rows, parsed, train, write_data
 
 def timed_refusal(proc, *words, launched=False):
@@ -344,17 +344,9 @@ def test_a_stage_folder_copied_anywhere_runs_its_job_and_says_why_it_was_killed(
     job's last line names the signal and the host memory. With a python without the package,
     the job stops in one line."""
     stage = shutil.copytree(ROOT / "baseline", tmp_path / "baseline", ignore=shutil.ignore_patterns("log", "runs"))
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "SBATCH_"))}
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
-    job = subprocess.Popen(["bash", str(stage / "baseline.slurm"),
-                            *tiny_args(tiny, train_samples=64, num_train_epochs=50)],
-                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-    lines = []
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    job, lines = job_without_slurm(stage / "baseline.slurm", tiny_args(tiny, train_samples=64, num_train_epochs=50), env)
     try:
-        for line in job.stdout:
-            lines.append(line.rstrip("\n"))
-            if "{'loss': " in line:
-                break
         time.sleep(1.5)  # a row or two in the host memory log
         import psutil
         ranks = [p for p in psutil.Process(job.pid).children(recursive=True) if "train.py" in p.cmdline()]

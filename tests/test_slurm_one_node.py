@@ -12,7 +12,6 @@ import os
 import re
 import shutil
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -20,7 +19,7 @@ from pathlib import Path
 import pytest
 
 import slurm_cluster as sc
-from conftest import ROOT, STAGES, tiny_args
+from conftest import ROOT, STAGES, job_without_slurm, tiny_args
 from stage_jobs import (BASELINE, BASELINE_FROM_ROOT, CPU_MACHINE, JOB_TIMEOUT, MULTI_GPU_2_ZERO2,
                         SINGLE_GPU_ZERO3, assert_checkpoints_whole,
                         assert_nothing_left, check_cancelled, check_completes, check_fails,
@@ -357,17 +356,10 @@ def test_one_node_job_requeued_by_hand_says_the_steps_it_lost(one_node, jobs):
 def test_job_without_slurm_stopped_on_request_says_how_to_resume(tiny, job_env):
     """`bash baseline.slurm`, then `kill -USR1`: train.py saves and exits 75; the job says how
     to resume and exits 75 too (no SLURM to requeue it)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "SBATCH_"))}
-    proc = subprocess.Popen(["bash", str(ROOT / "baseline" / "baseline.slurm"),
-                             *cpu_args(tiny, train_samples=64, num_train_epochs=50)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-    lines = []
+    proc, lines = job_without_slurm(ROOT / "baseline" / "baseline.slurm",
+                                    cpu_args(tiny, train_samples=64, num_train_epochs=50))
     try:
-        for line in proc.stdout:
-            lines.append(line.rstrip("\n"))
-            if "{'loss': " in line:
-                proc.send_signal(signal.SIGUSR1)
-                break
+        proc.send_signal(signal.SIGUSR1)
         lines += proc.communicate(timeout=300)[0].splitlines()
     finally:
         proc.kill()

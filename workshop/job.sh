@@ -133,8 +133,6 @@ warning signal to save first (#SBATCH --signal=B:USR1@300): train.py stops after
     [ "$i" != 15 ] || stop_training
     sleep 0.2
   done
-  # the other nodes' launchers print their last words through srun a moment after it ends
-  [ -z "$JOB_SHELL" ] || [ "${SLURM_NNODES:-1}" -eq 1 ] || sleep 2
   [ -z "$JOB_SHELL" ] || { rm -f "$OUTPUT_DIR/$STOP_WITHOUT_SAVING_FILE"; summary; }
   exit 143
 }
