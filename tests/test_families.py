@@ -3,7 +3,6 @@
 train.py and the tables tool. CPU, fp32, offline."""
 import copy
 import json
-import subprocess
 import sys
 
 import pytest
@@ -11,6 +10,7 @@ import torch
 
 from conftest import ROOT, in_process, made_once, run_stage, tiny_args
 from test_fast_path import loss_and_gradient_errors, random_batch
+from test_tables import tool
 
 from workshop import memory_plan
 from workshop.fast_path import FAMILIES as FAST_PATH_FAMILIES
@@ -148,9 +148,7 @@ def test_the_deepspeed_stages_train_other_families(name, family_deepspeed_runs):
 
 def test_the_tables_read_other_families(family_runs):
     """Every family's run in the tables, the plan's prediction beside each."""
-    proc = subprocess.run([sys.executable, str(ROOT / "tools" / "tables.py"),
-                           *map(str, family_runs.values()), "--no-plots"],
-                          capture_output=True, text=True, timeout=300)
+    proc = tool(*family_runs.values(), "--no-plots", cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
     comparison = proc.stdout.split("## Comparison")[1].split("\n## ")[0]
     rows = [line for line in comparison.splitlines() if line.startswith("| ") and "---" not in line][1:]

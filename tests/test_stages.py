@@ -53,10 +53,11 @@ assert environment == dict(os.environ), set(os.environ.items()) ^ set(environmen
 assert not dist.is_initialized()
 print("unchanged")
 """
-    for stage in ("baseline", "deepspeed-single-gpu"):
-        proc = subprocess.run([sys.executable, "-c", probe, str(ROOT / stage)], capture_output=True,
-                              text=True, timeout=120, cwd=ROOT / stage)
-        assert proc.stdout.strip().splitlines()[-1:] == ["unchanged"], proc.stderr[-2000:]
+    # one stage's: train.py is the same file in every stage (above), config.py differs in a default
+    stage = "deepspeed-single-gpu"
+    proc = subprocess.run([sys.executable, "-c", probe, str(ROOT / stage)], capture_output=True,
+                          text=True, timeout=120, cwd=ROOT / stage)
+    assert proc.stdout.strip().splitlines()[-1:] == ["unchanged"], proc.stderr[-2000:]
 
 
 def test_deepspeed_stage_config_differs_from_baseline_only_in_the_deepspeed_default():
@@ -162,7 +163,7 @@ print(json.dumps(trainer.evaluate()))
 """
 
 
-@pytest.mark.parametrize("name", ["baseline", "zero3", "zero3_2ranks"])
+@pytest.mark.parametrize("name", ["baseline", "zero3_2ranks"])
 def test_saved_model_reloads_in_a_fresh_process_with_the_logged_eval_loss(runs, tiny, name, tmp_path):
     out, _ = runs(name)
     logged = metrics_of(runs(name))["epochs"][-1]["eval_loss"]
@@ -173,7 +174,7 @@ def test_saved_model_reloads_in_a_fresh_process_with_the_logged_eval_loss(runs, 
     assert reloaded == pytest.approx(logged, rel=1e-4)
 
 
-@pytest.mark.parametrize("name", ["baseline", "zero3", "zero3_2ranks"])
+@pytest.mark.parametrize("name", ["baseline", "zero3_2ranks"])
 def test_answer_quality_before_and_after_matches_the_answers_and_the_saved_model(runs, tiny, name):
     """Every rank generates together under ZeRO-3; rank 0 writes the answers. The saved
     folder, scored on its own by answer_quality.py, gives the same answers."""
