@@ -343,6 +343,19 @@ def job_processes(job: Ran) -> list[str]:
     return found
 
 
+def training_processes(run_dir: Path) -> list[int]:
+    """The pids of train.py's processes writing into `run_dir` (their command line names it)."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            args = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+        except OSError:
+            continue  # gone meanwhile
+        if any(arg.endswith("train.py") for arg in args) and str(run_dir) in args:
+            found.append(int(pid))
+    return found
+
+
 def assert_nothing_left(job: Ran):
     """No process of the job is left once it has ended (after a short grace: the loggers'
     last `sleep 1`, or a launcher still ending its ranks, may outlive the job's state by ~1 s)."""

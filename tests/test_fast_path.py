@@ -197,10 +197,13 @@ def test_bf16(mode):
 ZERO3_SCRIPT = r"""
 import copy, os, sys
 import torch
-import deepspeed, deepspeed.comm.torch
+import deepspeed
 from test_fast_path import enable_fast_path, random_batch, tiny_bloom
+from workshop.build_ops import environment_tools
+from workshop.compile_cache import use_compile_caches
 
-deepspeed.comm.torch.build_shm_op = lambda: None  # a CPU all-reduce kernel: a minute to compile
+use_compile_caches()  # DeepSpeed's CPU ops where the jobs load them from (make setup built them)
+environment_tools()
 os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=sys.argv[1], RANK="0", LOCAL_RANK="0",
                   WORLD_SIZE="1")
 deepspeed.init_distributed(dist_backend="gloo")

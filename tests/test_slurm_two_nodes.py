@@ -176,6 +176,10 @@ def test_two_node_job_losing_a_node_ends_with_the_reason_and_requeues(two_nodes,
         assert ended < TEST_COLLECTIVE_TIMEOUT + 40, job.tail()
         assert {name: complete_checkpoints(job.run_dir).get(name) for name in before} == before
         assert_checkpoints_whole(job.run_dir)
+        # n2 back in service as an administrator puts it (SLURM forgets the job's part there
+        # at once instead of retrying n2 for a minute): the job is cancelled without waiting
+        LAB.scontrol("update", "NodeName=n2", "State=DOWN", "Reason=lost its network")
+        LAB.scontrol("update", "NodeName=n2", "State=RESUME")
 
     # the job's default with the most this test allows beyond the wait: within 2 minutes
     assert COLLECTIVE_TIMEOUT_DEFAULT + 40 <= 120
