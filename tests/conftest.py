@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 from filelock import FileLock
 
+import forked_runs
+
 pytest_plugins = ["stage_jobs"]  # the SLURM tests' fixtures: slurm, jobs, one_node, two_nodes
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -113,23 +115,26 @@ def free_port():
         return s.getsockname()[1]
 
 
+def rank_environments(ranks):
+    """The environments DeepSpeed's launcher gives the `ranks` ranks it starts on one node
+    (`deepspeed --num_gpus N`): train.py run as those ranks needs no launcher, whose two
+    interpreters import torch before them (the jobs' SLURM tests run the launcher itself)."""
+    port = str(free_port())
+    return [{**os.environ, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(ranks),
+             "LOCAL_SIZE": str(ranks), "CROSS_RANK": "0", "CROSS_SIZE": "1",
+             "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port} for rank in range(ranks)]
+
+
 def one_rank():
-    """The environment DeepSpeed's launcher gives the one rank it starts (`deepspeed --num_gpus
-    1`): train.py run as that rank needs no launcher, whose two interpreters import torch
-    before it (the jobs' SLURM tests run the launcher itself)."""
-    return {**os.environ, "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1",
-            "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
+    return rank_environments(1)[0]
 
 
 def run_stage(stage, tiny, output_dir, ranks=None, extra=(), **overrides):
-    """Run a stage's train.py for real, in its own process(es): alone (ranks None), as
-    DeepSpeed's one rank, or as `ranks` ranks through DeepSpeed's launcher; returns the
-    completed process."""
+    """Run a stage's train.py for real, in its own process(es): alone (ranks None) or as
+    DeepSpeed's `ranks` ranks; returns the completed process (the ranks' output together)."""
     args = tiny_args(tiny, output_dir=output_dir, num_train_epochs=EPOCHS, **overrides) + list(extra)
-    cmd, env = [sys.executable, "train.py", *args], (one_rank() if ranks == 1 else None)
-    if ranks and ranks > 1:
-        cmd = [DEEPSPEED, "--num_gpus", str(ranks), "--master_port", str(free_port()), "train.py", *args]
-    return subprocess.run(cmd, cwd=ROOT / stage, env=env, capture_output=True, text=True, timeout=600)
+    envs = rank_environments(ranks) if ranks else [dict(os.environ)]
+    return forked_runs.run([sys.executable, "train.py", *args], ROOT / stage, envs, timeout=600)
 
 
 def job_without_slurm(script, args, env=None):
