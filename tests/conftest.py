@@ -36,9 +36,9 @@ os.environ.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALL
 # The files that take longest, first: with `--dist loadfile --no-loadscope-reorder` pytest's
 # workers take whole files in collection order, so the long ones start at once and the short
 # ones fill in after them.
-LONGEST_FIRST = ["test_slurm_one_node.py", "test_slurm_two_nodes.py", "test_stages.py",
-                 "test_families.py", "test_resume.py", "test_mistakes.py", "test_bad_input.py",
-                 "test_fast_path.py", "test_plan.py", "test_tables.py", "test_docs.py"]
+LONGEST_FIRST = ["test_stages.py", "test_slurm_one_node.py", "test_slurm_requeues.py",
+                 "test_slurm_two_nodes.py", "test_resume.py", "test_families.py", "test_mistakes.py",
+                 "test_bad_input.py", "test_fast_path.py", "test_plan.py", "test_tables.py", "test_docs.py"]
 
 
 def pytest_collection_modifyitems(items):
