@@ -8,6 +8,7 @@ last line, `error: ...`), 128 + signal when killed (143: scancel, the time limit
 """
 import contextlib
 import errno
+import logging
 import os
 import re
 import signal
@@ -136,14 +137,17 @@ def close_progress_bars():
 
 
 def leave(code):
-    """Exit with the run's exit status. With several ranks, a rank that finished waits for the
-    others, then leaves at once: the interpreter's teardown could still abort after everything succeeded
-    (ZeRO-3 at 2 ranks: "terminate called without an active exception", signal 6). A failed
-    rank leaves at once (the launcher then ends the others)."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    if is_distributed() and code in (0, STOPPED_TO_RESUME):
-        dist.barrier()
-        dist.destroy_process_group()
+    """Exit with the run's exit status. With several ranks no rank goes through the
+    interpreter's teardown, which can abort after the run has ended and said so (ZeRO-3 at 2
+    ranks: "terminate called without an active exception", signal 6, after a success and after
+    a cancelled job's summary): a rank that finished waits for the others, then leaves at once;
+    a failed or stopped rank leaves at once (the launcher then ends the others)."""
+    if is_distributed():
+        if code in (0, STOPPED_TO_RESUME):
+            dist.barrier()
+            dist.destroy_process_group()
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
         os._exit(code)
     sys.exit(code)
