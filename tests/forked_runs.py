@@ -11,12 +11,11 @@ run the launcher itself).
 import atexit
 import json
 import os
-import select
 import signal
 import subprocess
 import sys
 import tempfile
-import time
+import threading
 
 REPLY = "forked_runs:"  # the server's replies among what its imports print
 SERVER = f"REPLY = {REPLY!r}\n" + r"""
@@ -48,7 +47,8 @@ for line in sys.stdin:
 """
 
 _servers = {}  # the environment it was started with (less the ranks' variables) -> its process
-RANK_VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+RANK_VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_SIZE", "CROSS_RANK", "CROSS_SIZE",
+                  "MASTER_ADDR", "MASTER_PORT")
 
 
 def _server(env):
@@ -62,15 +62,11 @@ def _server(env):
     return server
 
 
-def _reply(server, timeout):
-    deadline = time.monotonic() + timeout
-    while select.select([server.stdout], [], [], max(0, deadline - time.monotonic()))[0]:
-        line = server.stdout.readline()
-        if not line:
-            raise RuntimeError(f"the forking server ended (exit status {server.wait()})")
+def _reply(server):
+    for line in server.stdout:
         if line.startswith(REPLY):
             return json.loads(line.removeprefix(REPLY))
-    return None
+    raise RuntimeError(f"the forking server ended (exit status {server.wait()})")
 
 
 def run(cmd, cwd, envs, timeout):
@@ -85,12 +81,18 @@ def run(cmd, cwd, envs, timeout):
         server.stdin.write(json.dumps(dict(cwd=str(cwd), envs=envs, args=[str(a) for a in cmd[2:]],
                                            stdout=stdout, stderr=stderr)) + "\n")
         server.stdin.flush()
-        pids = _reply(server, 60)
-        codes = _reply(server, timeout)
-        if codes is None:
+        pids = _reply(server)
+        timed_out = threading.Event()
+
+        def end_them():
+            timed_out.set()
             for pid in pids:
                 os.kill(pid, signal.SIGKILL)
-            _reply(server, 60)
+        timer = threading.Timer(timeout, end_them)
+        timer.start()
+        codes = _reply(server)
+        timer.cancel()
+        if timed_out.is_set():
             raise subprocess.TimeoutExpired(cmd, timeout)
         with open(stdout) as out, open(stderr) as err:
             return subprocess.CompletedProcess(cmd, next((c for c in codes if c), 0), out.read(), err.read())
