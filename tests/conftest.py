@@ -125,10 +125,6 @@ def rank_environments(ranks):
              "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port} for rank in range(ranks)]
 
 
-def one_rank():
-    return rank_environments(1)[0]
-
-
 def run_stage(stage, tiny, output_dir, ranks=None, extra=(), **overrides):
     """Run a stage's train.py for real, in its own process(es): alone (ranks None) or as
     DeepSpeed's `ranks` ranks; returns the completed process (the ranks' output together)."""

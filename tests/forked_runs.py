@@ -46,20 +46,16 @@ for line in sys.stdin:
     print(REPLY, json.dumps(codes), flush=True)
 """
 
-_servers = {}  # the environment it was started with (less the ranks' variables) -> its process
-RANK_VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_SIZE", "CROSS_RANK", "CROSS_SIZE",
-                  "MASTER_ADDR", "MASTER_PORT")
+_server = None  # this process's (a pytest worker's), started with its environment at first use
 
 
-def _server(env):
-    key = json.dumps({k: v for k, v in sorted(env.items()) if k not in RANK_VARIABLES})
-    server = _servers.get(key)
-    if server is None or server.poll() is not None:
-        server = subprocess.Popen([sys.executable, "-c", SERVER], stdin=subprocess.PIPE,
-                                  stdout=subprocess.PIPE, text=True, env=env)
-        atexit.register(server.kill)
-        _servers[key] = server
-    return server
+def forking_server():
+    global _server
+    if _server is None or _server.poll() is not None:
+        _server = subprocess.Popen([sys.executable, "-c", SERVER], stdin=subprocess.PIPE,
+                                   stdout=subprocess.PIPE, text=True)
+        atexit.register(_server.kill)
+    return _server
 
 
 def _reply(server):
@@ -73,7 +69,7 @@ def run(cmd, cwd, envs, timeout):
     """`cmd` (["python", "train.py", *args]) run in `cwd` as one process per environment in
     `envs`, at once; like subprocess.run(capture_output=True, text=True): the processes' output
     together, the first failing exit status (or 0)."""
-    server = _server(envs[0])
+    server = forking_server()
     with tempfile.TemporaryDirectory() as folder:
         stdout, stderr = os.path.join(folder, "stdout"), os.path.join(folder, "stderr")
         for path in (stdout, stderr):

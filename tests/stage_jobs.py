@@ -320,13 +320,9 @@ def wait_for_output(job: Ran, text: str, timeout=JOB_TIMEOUT):
         time.sleep(0.3)
 
 
-def job_processes(job: Ran) -> list[str]:
-    """Live processes of this job: their environment names it (SLURM_JOB_ID=<id> on our
-    cluster's SLURM_CONF; inherited by everything the job starts, loggers and `sleep` included),
-    or their command line names its run (runs/<name>-<id>, log/<name>-<id>...)."""
-    ours = (f"SLURM_JOB_ID={job.job_id}".encode(), f"SLURM_CONF={job.lab.conf}".encode())
-    names_run = re.compile(rf"(?:runs|log)/{re.escape(job.run_name)}(?![0-9])")
-    found = []
+def live_processes():
+    """(pid, command line arguments, environment, working folder) of every live process on this
+    machine but this one."""
     for pid in filter(str.isdigit, os.listdir("/proc")):
         if int(pid) == os.getpid():
             continue
@@ -334,10 +330,22 @@ def job_processes(job: Ran) -> list[str]:
             if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
                 continue  # a zombie holds nothing; its parent (if ours) is listed itself
             env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            args = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
             cwd = os.readlink(f"/proc/{pid}/cwd")
         except OSError:
             continue  # gone meanwhile
+        yield int(pid), args, env, cwd
+
+
+def job_processes(job: Ran) -> list[str]:
+    """Live processes of this job: their environment names it (SLURM_JOB_ID=<id> on our
+    cluster's SLURM_CONF; inherited by everything the job starts, loggers and `sleep` included),
+    or their command line names its run (runs/<name>-<id>, log/<name>-<id>...)."""
+    ours = (f"SLURM_JOB_ID={job.job_id}".encode(), f"SLURM_CONF={job.lab.conf}".encode())
+    names_run = re.compile(rf"(?:runs|log)/{re.escape(job.run_name)}(?![0-9])")
+    found = []
+    for pid, args, env, cwd in live_processes():
+        cmd = " ".join(args)
         if all(tag in env for tag in ours) or names_run.search(cmd):
             found.append(f"pid {pid} cwd {cwd}: {cmd[:300]}")
     return found
@@ -345,15 +353,8 @@ def job_processes(job: Ran) -> list[str]:
 
 def training_processes(run_dir: Path) -> list[int]:
     """The pids of train.py's processes writing into `run_dir` (their command line names it)."""
-    found = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            args = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
-        except OSError:
-            continue  # gone meanwhile
-        if any(arg.endswith("train.py") for arg in args) and str(run_dir) in args:
-            found.append(int(pid))
-    return found
+    return [pid for pid, args, _, _ in live_processes()
+            if any(arg.endswith("train.py") for arg in args) and str(run_dir) in args]
 
 
 def assert_nothing_left(job: Ran):

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, in_process, one_rank, tiny_args
+from conftest import ROOT, in_process, rank_environments, tiny_args
 
 from workshop.arguments import parse  # noqa: E402  options are checked where they are parsed
 from workshop.settings import stage_settings  # noqa: E402
@@ -29,7 +29,7 @@ def train(stage, tiny, tmp_path, *extra, launcher=False, own_process=False, **ov
     start = time.monotonic()
     if launcher or own_process:
         proc = subprocess.run([sys.executable, "train.py"] + args, cwd=ROOT / stage, capture_output=True,
-                              env=one_rank() if launcher else None, text=True, timeout=300)
+                              env=rank_environments(1)[0] if launcher else None, text=True, timeout=300)
     else:
         proc = subprocess.CompletedProcess(args, *in_process(args, stage))
     proc.seconds = time.monotonic() - start
