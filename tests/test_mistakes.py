@@ -213,33 +213,42 @@ def test_checkpoint_states_another_version_or_damage_left(tiny, tmp_path, runs, 
 # ------------------------------------------------------------------ DeepSpeed configs, every kind
 def deepspeed_config(tmp_path, base, change):
     config = json.loads((ROOT / "deepspeed-single-gpu" / base).read_text())
-    change(config.setdefault("zero_optimization", {}))
+    change(config.setdefault("zero_optimization", {}), config)
     path = tmp_path / f"edited-{base}"
     path.write_text(json.dumps(config))
     return path
 
 
-IGNORED_BY_DEEPSPEED = {  # DeepSpeed trains on without a word, not as the config says
-    "offload_param at stage 2": ("ds_zero2.json", lambda z: z.update(offload_param={"device": "cpu"}),
+REFUSED_BEFORE_DEEPSPEED_STARTS = {  # DeepSpeed trains on without a word, not as the config says,
+    # or refuses them only once the model is loaded, or as its config class with a traceback
+    "offload_param at stage 2": ("ds_zero2.json", lambda z, c: z.update(offload_param={"device": "cpu"}),
                                  ["offload_param is ZeRO-3's", "stage 2"]),
-    "offload_optimizer at stage 0": ("ds_config.json", lambda z: z.update(offload_optimizer={"device": "cpu"}),
+    "offload_optimizer at stage 0": ("ds_config.json", lambda z, c: z.update(offload_optimizer={"device": "cpu"}),
                                      ["offload_optimizer needs ZeRO", "stage 0"]),
+    "NVMe parameter offload without nvme_path": (
+        "ds_zero3_offload.json", lambda z, c: z.update(offload_param={"device": "nvme"}),
+        ["offload_param to nvme needs its nvme_path"]),
+    "NVMe optimizer offload without nvme_path": (
+        "ds_zero3_offload.json", lambda z, c: z.update(offload_optimizer={"device": "nvme"}),
+        ["offload_optimizer to nvme needs its nvme_path"]),
+    "a key DeepSpeed removed": ("ds_zero3.json", lambda z, c: z.update(mics_shard_size=2),
+                                ["DeepSpeed refuses it", "mics_shard_size"]),
+    "a value out of DeepSpeed's range": ("ds_zero2.json", lambda z, c: z.update(reduce_bucket_size=-1),
+                                         ["DeepSpeed refuses it", "reduce_bucket_size"]),
 }
 
 
-@pytest.mark.parametrize("case", IGNORED_BY_DEEPSPEED)
-def test_deepspeed_settings_it_would_ignore(tiny, tmp_path, case):
-    base, change, words = IGNORED_BY_DEEPSPEED[case]
+@pytest.mark.parametrize("case", REFUSED_BEFORE_DEEPSPEED_STARTS)
+def test_deepspeed_settings_refused_before_it_starts(tiny, tmp_path, case):
+    base, change, words = REFUSED_BEFORE_DEEPSPEED_STARTS[case]
     assert_refused_on_parsing(parsed(tiny, tmp_path, "--deepspeed", str(deepspeed_config(tmp_path, base, change))),
                               *words)
 
 
 REFUSED_BY_DEEPSPEED = {  # DeepSpeed checks these by assertion (or fails on them) as it starts
-    "NVMe parameter offload without nvme_path": (
-        lambda z: z.update(offload_param={"device": "nvme"}),
-        ['"nvme_path" in DeepSpeed Config cannot be None', "partition_parameters.py"]),
-    "NVMe optimizer offload without nvme_path": (
-        lambda z: z.update(offload_optimizer={"device": "nvme"}), ["TypeError", "stage3.py"]),
+    "param_dtype against the run's precision": (
+        lambda z, c: c.update(data_types={"param_dtype": "bf16"}),
+        ["param_dtype='bf16' conflicts with the enabled precision mode", "engine.py"]),
 }
 
 

@@ -122,6 +122,13 @@ def check_values(asked, deepspeed):
         raise ValueError(f"DeepSpeed config {deepspeed.path}: offload_optimizer needs ZeRO (stage 1, 2 "
                          f"or 3); at stage 0 DeepSpeed ignores it: set a stage (as "
                          f"ds_zero2_offload.json does) or remove offload_optimizer")
+    for what in ("param", "optimizer"):  # DeepSpeed would find out once the model is loaded
+        if deepspeed.offload(what) == "nvme" and not deepspeed.zero[f"offload_{what}"].get("nvme_path"):
+            raise ValueError(f"DeepSpeed config {deepspeed.path}: offload_{what} to nvme needs its "
+                             f"nvme_path (a folder on the node's local NVMe disk): set it, or offload "
+                             f"to \"cpu\" as ds_zero3_offload.json does")
+    if deepspeed.path:
+        check_deepspeed_keys(deepspeed)
     if deepspeed.path and "LOCAL_RANK" not in os.environ:
         raise ValueError(f"--deepspeed {asked.deepspeed} needs DeepSpeed's launcher, which starts "
                          f"one process per GPU: deepspeed --num_gpus 1 train.py [options] (or "
@@ -130,24 +137,27 @@ def check_values(asked, deepspeed):
         raise ValueError("fp16 on the CPU: DeepSpeed's CPU accelerator has no fp16; drop --fp16 True")
 
 
-def check_deepspeed_config(training_args):
-    """The DeepSpeed config as HF filled it in from the Trainer's settings: refused where it
-    contradicts them, or where DeepSpeed itself would refuse it once the model is loaded (its
-    own config class, run now on the config with the remaining "auto" values as placeholders)."""
-    config = getattr(training_args, "hf_deepspeed_config", None)
-    if config is None:
-        return
-    path = training_args.deepspeed
-    if config.mismatches:
-        raise ValueError(f"DeepSpeed config {path} contradicts the Trainer: "
-                         + "; ".join(m.lstrip("- ") for m in config.mismatches)
-                         + ' (set those keys to "auto" or to the same values)')
+def check_deepspeed_keys(deepspeed):
+    """DeepSpeed's own config class run on the file before any process starts (the Trainer's
+    "auto" values as placeholders: off for the precisions, 1 for the numbers): a key it does not
+    take, a value out of its range, a key it removed."""
     from deepspeed.runtime.config import DeepSpeedConfig
-    resolved = json.loads(json.dumps(config.config).replace('"auto"', "1"))
+    resolved = json.loads(json.dumps(deepspeed.raw).replace('"enabled": "auto"', '"enabled": false')
+                          .replace('"auto"', "1"))
     try:
         DeepSpeedConfig(resolved)
-    except (AssertionError, ValueError, TypeError, KeyError) as e:
-        raise ValueError(deepspeed_refusal(path, " ".join(str(e).split())[:300] or type(e).__name__)) from None
+    except Exception as e:  # its checks raise AssertionError, ValueError, its own DeepSpeedConfigError...
+        raise ValueError(deepspeed_refusal(deepspeed.path, " ".join(str(e).split())[:300] or type(e).__name__)) from None
+
+
+def check_deepspeed_config(training_args):
+    """The DeepSpeed config as HF filled it in from the Trainer's settings: refused where it
+    contradicts them."""
+    config = getattr(training_args, "hf_deepspeed_config", None)
+    if config is not None and config.mismatches:
+        raise ValueError(f"DeepSpeed config {training_args.deepspeed} contradicts the Trainer: "
+                         + "; ".join(m.lstrip("- ") for m in config.mismatches)
+                         + ' (set those keys to "auto" or to the same values)')
 
 
 def deepspeed_refusal(path, reason):
