@@ -71,9 +71,11 @@ def test_one_node_job_preempted_saves_requeues_and_resumes(one_node, jobs):
     assert re.search(rf"resuming from {re.escape(str(job.run_dir))}/checkpoint-(\d+) \(step \1\)", out)
     assert "attempt 2 of job" in out and "are lost" not in out, out[-3000:]
     # SLURM's banner for the notice says CANCELLED; the job says what happens next, and when
+    # (the stopping step's own lines may come between the two)
     assert re.search(rf"\*\*\* JOB {job.job_id} ON \S+ CANCELLED AT", out), out[-3000:]
     said = re.search(rf"^requeueing job {job.job_id}: the next attempt resumes from {re.escape(str(job.run_dir))}"
-                     rf"/checkpoint-(\d+) \(step \1\)\n(job {job.job_id} is requeued, not cancelled .*)$", out, re.M)
+                     rf"/checkpoint-(\d+) \(step \1\)\n(?:.*\n)*?(job {job.job_id} is requeued, not cancelled .*)$",
+                     out, re.M)
     assert said and "SLURM holds it about 2 minutes (its BeginTime, about " in said[2], out[-3000:]
     metrics = metrics_of(job)
     assert metrics["status"] == "complete", out[-3000:]
