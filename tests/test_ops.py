@@ -68,3 +68,23 @@ def test_an_offload_job_after_setup_builds_nothing(runs):
     metrics = metrics_of((out, proc))
     assert "building DeepSpeed's" not in proc.stdout + proc.stderr
     assert metrics["time_seconds"]["compiling"] == 0.0
+
+
+def test_a_rank_loads_the_built_ops_asking_py_cpuinfo_at_most_once_per_kind_of_cpu(job_environment, monkeypatch):
+    """DeepSpeed's builders ask py-cpuinfo for -march and the SIMD width at every load of an op
+    (another interpreter each time: about a second apiece on 2 cores). Its answer is kept
+    beside the ops: the loads after the first ask nothing, with the same compiler flags (no
+    rebuild)."""
+    import cpuinfo
+    from workshop.build_ops import load_op
+    asked = []
+    real = cpuinfo.get_cpu_info
+    monkeypatch.setattr(cpuinfo, "get_cpu_info", lambda: asked.append(1) or real())
+    for name in ("ShareMemCommBuilder", "CPUAdamBuilder"):
+        load_op(name)
+    assert len(asked) <= 1  # the first load on this kind of CPU, unless setup asked already
+    asked.clear()
+    for name in ("ShareMemCommBuilder", "CPUAdamBuilder"):
+        load_op(name)
+    assert asked == []
+    assert all(pending(builder) is None for builder in builders())

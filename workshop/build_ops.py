@@ -13,8 +13,11 @@ builds and the jobs both take the environment's ninja, first on PATH (environmen
 whichever shell started them, and a job says before it builds one (pending); a job loads
 an op through load_op."""
 import contextlib
+import functools
+import hashlib
 import json
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -49,6 +52,48 @@ def pending(builder):
         return None
     return next((line.removeprefix("ninja: ") for line in said if line.startswith("ninja: ")),
                 "its sources or build commands changed")
+
+
+def cpu_kind():
+    """A key for this node's kind of CPU: its architecture, model and instruction-set flags
+    (what DeepSpeed's op builders choose their compiler flags from), or None where unknown."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return None
+    wanted = ("model name", "flags", "Features", "CPU part")  # x86's; Arm's
+    first = {line.split(":")[0].strip(): line for line in reversed(lines) if ":" in line}
+    said = [platform.machine()] + [first[name] for name in wanted if name in first]
+    return hashlib.sha1("\n".join(said).encode()).hexdigest()[:12]
+
+
+@contextlib.contextmanager
+def cpu_info_read_once():
+    """DeepSpeed's op builders ask py-cpuinfo twice for every op they load (to choose -march
+    and the SIMD width; each answer starts another interpreter: about a second on 2 cores, in
+    every rank of every job). Meanwhile its answer is read once per kind of CPU and kept beside
+    the ops (TORCH_EXTENSIONS_DIR), so a rank loads its built ops without asking again."""
+    import cpuinfo
+    asked = cpuinfo.get_cpu_info
+    kind = cpu_kind()
+    kept = Path(os.environ.get("TORCH_EXTENSIONS_DIR", ".")) / f"cpuinfo-{kind}.json" if kind else None
+
+    @functools.cache
+    def read():
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            return json.loads(kept.read_text())
+        info = asked()
+        with contextlib.suppress(OSError, AttributeError):  # whole or not at all: ranks read it
+            written = kept.with_name(f"{kept.name}.{os.getpid()}")
+            written.write_text(json.dumps(info))
+            written.replace(kept)
+        return info
+
+    cpuinfo.get_cpu_info = read
+    try:
+        yield
+    finally:
+        cpuinfo.get_cpu_info = asked
 
 
 def expected_seconds(builder):
@@ -86,7 +131,7 @@ def load_op(name, clock=None):
         print(f"building DeepSpeed's {builder.NAME} op into {folder} ({why}): {expected_seconds(builder)}, "
               f"once per environment (make setup builds it beforehand: python -m workshop.build_ops)", flush=True)
     try:
-        with clock.timing("compiling") if why and clock else contextlib.nullcontext():
+        with clock.timing("compiling") if why and clock else contextlib.nullcontext(), cpu_info_read_once():
             loaded = builder.load(verbose=False)
     except Exception as e:  # the compiler's own lines are above; its cause, in one line:
         # TMPDIR as the compiler reads it (tempfile.gettempdir() passes over a full one)
@@ -124,7 +169,8 @@ def main():
         start = time.time()
         print(f"building DeepSpeed's {builder.NAME} into {os.environ['TORCH_EXTENSIONS_DIR']} ({why}; "
               f"{expected_seconds(builder)}, once) ...", flush=True)
-        builder.load(verbose=False)
+        with cpu_info_read_once():
+            builder.load(verbose=False)
         record_time(builder, time.time() - start)
         print(f"{builder.NAME}: ready ({time.time() - start:.0f} s)", flush=True)
 
