@@ -245,6 +245,25 @@ def test_deepspeed_settings_refused_before_it_starts(tiny, tmp_path, case):
                               *words)
 
 
+SECTIONS = {  # where a DeepSpeed config nests an object
+    "zero_optimization": lambda config, value: config.update(zero_optimization=value),
+    "zero_optimization.offload_param": lambda config, value: config["zero_optimization"].update(offload_param=value),
+    "zero_optimization.offload_optimizer": lambda config, value: config["zero_optimization"].update(offload_optimizer=value),
+    "fp16": lambda config, value: config.update(fp16=value),
+    "optimizer": lambda config, value: config.update(optimizer=value),
+}
+
+
+@pytest.mark.parametrize("section", SECTIONS)
+@pytest.mark.parametrize("value", ["cpu", ["cpu"], 3], ids=["text", "list", "number"])
+def test_a_deepspeed_section_that_is_not_an_object(tiny, tmp_path, section, value):
+    config = json.loads((ROOT / "deepspeed-single-gpu" / "ds_zero3_offload.json").read_text())
+    SECTIONS[section](config, value)
+    path = tmp_path / "edited.json"
+    path.write_text(json.dumps(config))
+    assert_refused_on_parsing(parsed(tiny, tmp_path, "--deepspeed", str(path)), f"DeepSpeed config {path}")
+
+
 REFUSED_BY_DEEPSPEED = {  # DeepSpeed checks these by assertion (or fails on them) as it starts
     "param_dtype against the run's precision": (
         lambda z, c: c.update(data_types={"param_dtype": "bf16"}),

@@ -46,6 +46,13 @@ def read_deepspeed_config(path):
         raise ValueError(f"DeepSpeed config {path} is not valid JSON ({e})") from None
     if not isinstance(raw, dict):
         raise ValueError(f"DeepSpeed config {path} holds no JSON object")
+    zero = raw.get("zero_optimization")
+    sections = [("zero_optimization", zero)] + [(f"zero_optimization.{name}", zero.get(name)) for name in
+                                                ("offload_optimizer", "offload_param") if isinstance(zero, dict)]
+    for name, section in sections:
+        if section is not None and not isinstance(section, dict):
+            raise ValueError(f"DeepSpeed config {path}: {name} is {json.dumps(section)}, not an object "
+                             f"{{...}}: write it as the stage's ds_zero*.json do")
     config = DeepSpeedFile(str(path), raw)
     if config.stage not in ZERO_STAGES:
         raise ValueError(f"DeepSpeed config {path}: zero_optimization.stage is {config.stage!r}; "
