@@ -138,6 +138,7 @@ def test_missing_model_folder(tiny, tmp_path):
     (None, ["no-such.json", "no such file"]),
     ("{ not json", ["bad.json", "not valid JSON"]),
     ('{"zero_optimization": {"stage": 4}}', ["bad.json", "stage", "4"]),
+    ('{"zero_optimization": {"stage": true}}', ["bad.json", "stage", "True"]),
 ])
 def test_bad_deepspeed_config(tiny, tmp_path, content, words):
     config = tmp_path / "bad.json"

@@ -245,6 +245,18 @@ def test_deepspeed_settings_refused_before_it_starts(tiny, tmp_path, case):
                               *words)
 
 
+def test_deepspeed_batch_sizes_for_several_ranks_are_not_checked_before_the_ranks_meet(tiny, tmp_path, monkeypatch):
+    """A config that states its batch sizes for two GPUs (train_batch_size twice the micro-batch)
+    is legitimate: a process that does not know the number of ranks yet does not refuse it."""
+    batch = parsed(tiny, tmp_path)[1]["per_device_train_batch_size"]
+    config = json.loads((ROOT / "deepspeed-single-gpu" / "ds_zero2.json").read_text())
+    config.update(train_batch_size=2 * batch, train_micro_batch_size_per_gpu=batch, gradient_accumulation_steps=1)
+    path = tmp_path / "two-gpus.json"
+    path.write_text(json.dumps(config))
+    monkeypatch.setenv("LOCAL_RANK", "0")  # as the launcher starts a rank
+    assert not isinstance(parsed(tiny, tmp_path, "--deepspeed", str(path)), str)
+
+
 SECTIONS = {  # where a DeepSpeed config nests an object
     "zero_optimization": lambda config, value: config.update(zero_optimization=value),
     "zero_optimization.offload_param": lambda config, value: config["zero_optimization"].update(offload_param=value),

@@ -144,6 +144,11 @@ def check_deepspeed_keys(deepspeed):
     from deepspeed.runtime.config import DeepSpeedConfig
     resolved = json.loads(json.dumps(deepspeed.raw).replace('"enabled": "auto"', '"enabled": false')
                           .replace('"auto"', "1"))
+    # The batch sizes depend on the number of ranks, unknown to this process yet: checked
+    # against the Trainer's once the ranks meet (check_deepspeed_config), and by DeepSpeed then.
+    for key in ("train_batch_size", "gradient_accumulation_steps"):
+        resolved.pop(key, None)
+    resolved["train_micro_batch_size_per_gpu"] = 1
     try:
         DeepSpeedConfig(resolved)
     except Exception as e:  # its checks raise AssertionError, ValueError, its own DeepSpeedConfigError...

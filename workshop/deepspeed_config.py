@@ -54,7 +54,7 @@ def read_deepspeed_config(path):
             raise ValueError(f"DeepSpeed config {path}: {name} is {json.dumps(section)}, not an object "
                              f"{{...}}: write it as the stage's ds_zero*.json do")
     config = DeepSpeedFile(str(path), raw)
-    if config.stage not in ZERO_STAGES:
+    if isinstance(config.stage, bool) or config.stage not in ZERO_STAGES:  # true == 1 in Python
         raise ValueError(f"DeepSpeed config {path}: zero_optimization.stage is {config.stage!r}; "
                          f"ZeRO stages are {', '.join(map(str, ZERO_STAGES))}")
     return config
