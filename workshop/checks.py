@@ -138,9 +138,10 @@ def check_values(asked, deepspeed):
 
 
 def check_deepspeed_keys(deepspeed):
-    """DeepSpeed's own config class run on the file before any process starts (the Trainer's
-    "auto" values as placeholders: off for the precisions, 1 for the numbers): a key it does not
-    take, a value out of its range, a key it removed."""
+    """DeepSpeed's own config class run on the file as each rank starts, before the ranks meet
+    and before the model is built (the Trainer's "auto" values as placeholders: off for the
+    precisions, 1 for the numbers): a key it does not take, a value out of its range, a key it
+    removed."""
     from deepspeed.runtime.config import DeepSpeedConfig
     resolved = json.loads(json.dumps(deepspeed.raw).replace('"enabled": "auto"', '"enabled": false')
                           .replace('"auto"', "1"))
