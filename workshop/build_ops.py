@@ -73,7 +73,11 @@ def cpu_info_read_once():
     and the SIMD width; each answer starts another interpreter: about a second on 2 cores, in
     every rank of every job). Meanwhile its answer is read once per kind of CPU and kept beside
     the ops (TORCH_EXTENSIONS_DIR), so a rank loads its built ops without asking again."""
-    import cpuinfo
+    try:
+        import cpuinfo
+    except ImportError:  # DeepSpeed then asks lscpu
+        yield
+        return
     asked = cpuinfo.get_cpu_info
     kind = cpu_kind()
     kept = Path(os.environ.get("TORCH_EXTENSIONS_DIR", ".")) / f"cpuinfo-{kind}.json" if kind else None
