@@ -80,14 +80,16 @@ def cpu_info_read_once():
         return
     asked = cpuinfo.get_cpu_info
     kind = cpu_kind()
-    kept = Path(os.environ.get("TORCH_EXTENSIONS_DIR", ".")) / f"cpuinfo-{kind}.json" if kind else None
+    kept = Path(os.environ.get("TORCH_EXTENSIONS_DIR", ".")) / f"cpuinfo-{kind}.json"
 
     @functools.cache
     def read():
-        with contextlib.suppress(OSError, ValueError, AttributeError):
+        if kind is None:  # no key to keep it under: asked once for this load
+            return asked()
+        with contextlib.suppress(OSError, ValueError):
             return json.loads(kept.read_text())
         info = asked()
-        with contextlib.suppress(OSError, AttributeError):  # whole or not at all: ranks read it
+        with contextlib.suppress(OSError):  # whole or not at all: ranks read it
             written = kept.with_name(f"{kept.name}.{os.getpid()}")
             written.write_text(json.dumps(info))
             written.replace(kept)

@@ -123,7 +123,7 @@ def check_values(asked, deepspeed):
                          f"or 3); at stage 0 DeepSpeed ignores it: set a stage (as "
                          f"ds_zero2_offload.json does) or remove offload_optimizer")
     for what in ("param", "optimizer"):  # DeepSpeed would find out once the model is loaded
-        if deepspeed.offload(what) == "nvme" and not deepspeed.zero[f"offload_{what}"].get("nvme_path"):
+        if deepspeed.offload(what) == "nvme" and not deepspeed.offload_section(what).get("nvme_path"):
             raise ValueError(f"DeepSpeed config {deepspeed.path}: offload_{what} to nvme needs its "
                              f"nvme_path (a folder on the node's local NVMe disk): set it, or offload "
                              f"to \"cpu\" as ds_zero3_offload.json does")

@@ -22,14 +22,18 @@ class DeepSpeedFile:
         """ZeRO stage, None without DeepSpeed."""
         return self.zero.get("stage", 0) if self.path else None
 
+    def offload_section(self, what):
+        """zero_optimization's offload_`what` ("optimizer" or "param"), {} where absent."""
+        return self.zero.get(f"offload_{what}") or {}
+
     def offload(self, what):
         """Where `what` ("optimizer" or "param") is offloaded to ("cpu", "nvme"), else None."""
-        device = (self.zero.get(f"offload_{what}") or {}).get("device")
+        device = self.offload_section(what).get("device")
         return None if device in (None, "none") else device
 
     @property
     def pin_memory(self):
-        return (self.zero.get("offload_optimizer") or {}).get("pin_memory") if self.offload("optimizer") else None
+        return self.offload_section("optimizer").get("pin_memory") if self.offload("optimizer") else None
 
 
 def read_deepspeed_config(path):
@@ -47,9 +51,10 @@ def read_deepspeed_config(path):
     if not isinstance(raw, dict):
         raise ValueError(f"DeepSpeed config {path} holds no JSON object")
     zero = raw.get("zero_optimization")
-    sections = [("zero_optimization", zero)] + [(f"zero_optimization.{name}", zero.get(name)) for name in
-                                                ("offload_optimizer", "offload_param") if isinstance(zero, dict)]
-    for name, section in sections:
+    sections = {"zero_optimization": zero}  # the accessors below read into these
+    if isinstance(zero, dict):
+        sections.update({f"zero_optimization.{name}": zero.get(name) for name in ("offload_optimizer", "offload_param")})
+    for name, section in sections.items():
         if section is not None and not isinstance(section, dict):
             raise ValueError(f"DeepSpeed config {path}: {name} is {json.dumps(section)}, not an object "
                              f"{{...}}: write it as the stage's ds_zero*.json do")
